@@ -1,0 +1,13 @@
+/*
+ * cli: subcommands of the `carrier` admin command.  Each takes the
+ * arguments after its own name (argv[0] is the subcommand) and returns the
+ * process exit status.  carrier.c dispatches; each subcommand lives in its
+ * own cli_*.c file.
+ */
+#ifndef CARRIER_CLI_H
+#define CARRIER_CLI_H
+
+int cli_doctor_main(int argc, char **argv);   /* cli_doctor.c */
+int cli_status_main(int argc, char **argv);   /* cli_status.c */
+
+#endif

@@ -1,0 +1,140 @@
+/*
+ * conf: the configuration model, its parser (inih), defaults and
+ * validation with FILE:LINE errors.
+ *
+ * Owns struct carrier_conf.  Touches no socket and no file other than the
+ * configuration itself.  A conf is immutable once loaded; a reload builds a
+ * new one and swaps it in (main's job), so readers on any thread may keep a
+ * pointer for as long as they hold a reference through main's wiring.
+ */
+#ifndef CARRIER_CONF_H
+#define CARRIER_CONF_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#include "evlog.h"
+
+#define CONF_HOST_MAX 256
+
+/* Listener roles: plain SMTP (port 25 style) or submission. */
+enum conf_listen_role { CONF_ROLE_SMTP, CONF_ROLE_SUBMISSION };
+
+struct conf_listen {
+	char text[CONF_HOST_MAX + 16];  /* as written: "127.0.0.1:2525", "[::]:25" */
+	char host[CONF_HOST_MAX];       /* "127.0.0.1", "::", "0.0.0.0" */
+	uint16_t port;
+	struct sockaddr_storage addr;   /* resolved numeric address */
+	socklen_t addrlen;
+	enum conf_listen_role role;
+};
+
+/* A network in CIDR form, for relay_networks. */
+struct conf_net {
+	int family;                     /* AF_INET or AF_INET6 */
+	uint8_t addr[16];
+	unsigned prefix;
+	char text[64];
+};
+
+struct carrier_conf {
+	char *path;                     /* file it came from, or "<embedded>" */
+
+	/* [server] */
+	char *hostname;                 /* "" means the system's host name */
+	struct conf_listen *listen;
+	size_t n_listen;
+	struct conf_net *relay_networks;
+	size_t n_relay_networks;
+	char **local_domains;
+	size_t n_local_domains;
+	char *user;
+	char *pidfile;                  /* "" = none */
+	unsigned drain_timeout;         /* seconds */
+
+	/* [smtp] limits */
+	uint64_t max_message_size;      /* bytes */
+	unsigned max_recipients;
+	unsigned max_errors;
+	unsigned max_connections;
+	unsigned max_connections_per_ip;
+	unsigned max_received_headers;
+	unsigned command_timeout;       /* seconds */
+	unsigned data_timeout;          /* seconds */
+	unsigned idle_timeout;          /* seconds */
+	unsigned command_line_max;      /* octets incl. CRLF, >= 512 */
+	unsigned text_line_max;         /* octets incl. CRLF, >= 1000 */
+	bool bare_lf_normalize;         /* false: refuse with 550 5.5.2 */
+
+	/* [spool] */
+	char *spool_path;
+	uint64_t spool_min_free;        /* bytes kept free besides 1.5 x size */
+	uint64_t spool_inline_max;      /* bodies larger go to files */
+	uint64_t spool_map_size;        /* LMDB map size */
+	unsigned commit_delay_us;       /* group commit window */
+
+	/* [local] */
+	char *maildir_path;             /* Maildir root: <path>/<localpart>/ */
+
+	/* [log] */
+	bool log_syslog;
+	char *log_json;                 /* "" = off */
+	enum evlog_level levels[EVLOG_N_CATEGORIES];
+
+	/* [control] */
+	char *control_socket;
+	char *control_group;            /* "" = none */
+	unsigned control_max_per_uid;
+
+	/* [counters] */
+	char *shm_name;                 /* POSIX shm object, e.g. "/carrier" */
+};
+
+/* One configuration error, FILE:LINE: key: problem (expected ...). */
+struct conf_error {
+	char *file;
+	unsigned line;
+	char *key;
+	char *problem;
+};
+
+struct conf_errors {
+	struct conf_error *v;
+	size_t n;
+};
+
+/*
+ * Loads `path`, or the embedded development default when `path` is NULL.
+ * Returns a new conf (free with conf_free) when there are no errors.  On
+ * errors returns NULL and fills `errs` with every error in the file, not
+ * only the first; an unreadable file is one error with line 0.  The caller
+ * frees `errs` with conf_errors_clear().
+ */
+struct carrier_conf *conf_load(const char *path, struct conf_errors *errs);
+
+/* Same, from a string (tests; `name` is used as the file name). */
+struct carrier_conf *conf_load_string(const char *name, const char *text,
+				      struct conf_errors *errs);
+
+void conf_free(struct carrier_conf **confp);
+void conf_errors_clear(struct conf_errors *errs);
+
+/* Formats one error as "FILE:LINE: key: problem". */
+void conf_error_format(const struct conf_error *e, char *buf, size_t size);
+
+/* True when `addr` (AF_INET/AF_INET6 sockaddr) is in relay_networks. */
+bool conf_is_relay_client(const struct carrier_conf *conf,
+			  const struct sockaddr *addr);
+/* True when `domain` (case-insensitive) is a local domain. */
+bool conf_is_local_domain(const struct carrier_conf *conf, const char *domain);
+
+/* Text of the embedded development default (for `carrierd -d`). */
+const char *conf_embedded_default(void);
+
+/* Writes every key with its effective value, as INI (for `carrierd -p`). */
+void conf_dump(const struct carrier_conf *conf, FILE *out);
+
+#endif
