@@ -18,6 +18,7 @@ struct cli_cmd {
 static const struct cli_cmd cli_cmds[] = {
 	{ "doctor", cli_doctor_main, "run the startup checks and report drift from the saved baseline" },
 	{ "status", cli_status_main, "is carrierd running: pid, uptime, version, listeners, spool" },
+	{ "send", cli_send_main, "submit a message read from stdin (like sendmail; -t reads recipients from the headers)" },
 };
 
 static void usage(FILE *out)

@@ -9,5 +9,6 @@
 
 int cli_doctor_main(int argc, char **argv);   /* cli_doctor.c */
 int cli_status_main(int argc, char **argv);   /* cli_status.c */
+int cli_send_main(int argc, char **argv);     /* cli_send.c */
 
 #endif

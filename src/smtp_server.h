@@ -1,0 +1,56 @@
+/*
+ * smtp_server: inbound SMTP sessions.
+ *
+ * This header is the daemon-facing contract: carrierd hands accepted
+ * sockets to the server and asks it how many sessions are open and to shut
+ * down.  The session engine (state machine, limits, timeouts, DATA/BDAT,
+ * Received header) makes no policy or storage decision itself; it calls the
+ * policy and spool modules through callbacks wired in smtp_server_new().
+ *
+ * Threads: every function is called on the thread running `base`.
+ */
+#ifndef CARRIER_SMTP_SERVER_H
+#define CARRIER_SMTP_SERVER_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "conf.h"
+#include "counters.h"
+#include "evlog.h"
+
+struct event_base;
+struct spool;
+struct smtp_server;
+
+/*
+ * Creates the server.  `conf`, `log`, `ctr` and `spool` must outlive it
+ * (`spool` may be NULL: the server then answers DATA with 451 4.3.0).
+ * Returns NULL with a reason in err.
+ */
+struct smtp_server *smtp_server_new(struct event_base *base,
+				    const struct carrier_conf *conf,
+				    struct evlog *log, struct counters *ctr,
+				    struct spool *spool, char *err, size_t errlen);
+
+/* Takes ownership of the accepted, nonblocking socket `fd` from peer `sa`.
+ * Enforces the connection limits (421 4.7.0 and close beyond them).
+ * Returns 0, or -1 when the socket was closed. */
+int smtp_server_accept(struct smtp_server *srv, int fd,
+		       const struct sockaddr *sa, socklen_t salen);
+
+/* Swaps in a reloaded configuration; sessions pick it up at their next
+ * transaction.  The old conf must stay valid until this returns. */
+void smtp_server_set_conf(struct smtp_server *srv, const struct carrier_conf *conf);
+
+/* Sessions currently open. */
+size_t smtp_server_sessions(const struct smtp_server *srv);
+
+/* Begins a graceful stop: idle sessions get 421 4.3.2 and close; sessions
+ * inside a transaction finish it and then get 421. */
+void smtp_server_shutdown(struct smtp_server *srv);
+
+/* Closes every session (those left after the drain bound) and frees. */
+void smtp_server_free(struct smtp_server **srvp);
+
+#endif
