@@ -7,20 +7,89 @@
  */
 #include "spool.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <event2/event.h>
 #include <fcntl.h>
 #include <lmdb.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "evlog.h"
 #include "spool_record.h"
 
 #define META_KEY "format_version"
+#define MAX_STR (64 * 1024)
+#define ERRLEN 256
+
+/* One message waiting for the spool thread. */
+struct pending {
+	struct pending *next;
+	struct spool_msg *msg;
+	struct event_base *base;
+	spool_done_fn *done;
+	void *arg;
+	struct sync_wait *sync;   /* spool_commit(): a waiting caller */
+	/* filled by the spool thread */
+	int rc;
+	char err[ERRLEN];
+	uint8_t *rec;             /* encoded envelope */
+	size_t reclen;
+};
+
+struct sync_wait {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool done;
+	int rc;
+	char qid[SPOOL_QID_SIZE];
+	char err[ERRLEN];
+};
+
+struct spool {
+	char *path;
+	struct spool_opts opts;
+	struct evlog *log;
+	MDB_env *env;
+	MDB_dbi db_meta, db_env, db_body, db_quar;
+	int dirfd, bodyfd, quarfd, lockfd;
+
+	pthread_mutex_t mu;        /* queue, stopping, stats */
+	pthread_cond_t cv;
+	struct pending *head, **tail;
+	bool stopping, thread_started;
+	pthread_t thread;
+	struct spool_stats stats;
+
+	pthread_mutex_t qid_mu;    /* queue-ID generator */
+	uint64_t qid_us;
+	uint32_t qid_ctr;
+};
+
+struct spool_msg {
+	struct spool *sp;
+	struct spool_envelope env;
+	size_t rcap;
+	bool sender_set;
+	uint8_t *mem;              /* inline body so far */
+	size_t memlen, memcap;
+	int fd;                    /* body/<qid>.tmp, or -1 */
+	char tmpname[SPOOL_QID_SIZE + 8];
+};
+
+struct spool_body {
+	uint8_t *mem;
+	int fd;
+	uint64_t size, pos;
+};
 
 static void seterr(char *err, size_t errlen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
@@ -170,4 +239,1698 @@ int spool_version_check(const char *path, unsigned *found_r,
 	if (*found_r == 0)
 		return 0;
 	return version_verdict(path, *found_r, err, errlen);
+}
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static int64_t now_s(void)
+{
+	return (int64_t)time(NULL);
+}
+
+static const char b32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+static void qid_encode(uint64_t us, uint32_t ctr, char buf[SPOOL_QID_SIZE])
+{
+	for (int i = 10; i >= 0; i--, us >>= 5)
+		buf[i] = b32[us & 31];
+	for (int i = 15; i >= 11; i--, ctr >>= 5)
+		buf[i] = b32[ctr & 31];
+	buf[SPOOL_QID_LEN] = '\0';
+}
+
+static void qid_decode(const char *q, uint64_t *us_r, uint32_t *ctr_r)
+{
+	uint64_t us = 0;
+	uint32_t ctr = 0;
+
+	for (int i = 0; i < SPOOL_QID_LEN; i++) {
+		const char *d = strchr(b32, q[i]);
+		unsigned v = d ? (unsigned)(d - b32) : 0;
+
+		if (i < 11)
+			us = us << 5 | v;
+		else
+			ctr = ctr << 5 | v;
+	}
+	*us_r = us;
+	*ctr_r = ctr;
+}
+
+/* Makes the generator continue after `q` (an existing qid). */
+static void qid_seed(struct spool *sp, const char *q)
+{
+	uint64_t us;
+	uint32_t ctr;
+
+	qid_decode(q, &us, &ctr);
+	pthread_mutex_lock(&sp->qid_mu);
+	if (us > sp->qid_us || (us == sp->qid_us && ctr > sp->qid_ctr)) {
+		sp->qid_us = us;
+		sp->qid_ctr = ctr;
+	}
+	pthread_mutex_unlock(&sp->qid_mu);
+}
+
+void spool_qid_new(struct spool *sp, char buf[SPOOL_QID_SIZE])
+{
+	struct timespec ts;
+	uint64_t us;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	us = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+	pthread_mutex_lock(&sp->qid_mu);
+	if (us > sp->qid_us) {
+		sp->qid_us = us;
+		sp->qid_ctr = 0;
+	} else if (++sp->qid_ctr >= (1u << 25)) {
+		/* clock stepped back or 33M IDs in one microsecond */
+		sp->qid_us++;
+		sp->qid_ctr = 0;
+	}
+	qid_encode(sp->qid_us, sp->qid_ctr, buf);
+	pthread_mutex_unlock(&sp->qid_mu);
+}
+
+static int write_all(int fd, const void *p, size_t n)
+{
+	const uint8_t *b = p;
+
+	while (n > 0) {
+		ssize_t w = write(fd, b, n);
+
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w < 0)
+			return -1;
+		b += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+static void stats_add(struct spool *sp, uint64_t *field, uint64_t n)
+{
+	pthread_mutex_lock(&sp->mu);
+	*field += n;
+	pthread_mutex_unlock(&sp->mu);
+}
+
+static bool str_ok(const char *s)
+{
+	return s != NULL && strlen(s) <= MAX_STR;
+}
+
+/* Replaces *dst by a copy of s (NULL allowed when `nullable`). */
+static int set_str(char **dst, const char *s, bool nullable)
+{
+	char *c = NULL;
+
+	if (s == NULL && !nullable)
+		return -1;
+	if (s != NULL) {
+		if (!str_ok(s) || (c = strdup(s)) == NULL)
+			return -1;
+	}
+	free(*dst);
+	*dst = c;
+	return 0;
+}
+
+/* ---- the builder ------------------------------------------------------ */
+
+struct spool_msg *spool_msg_new(struct spool *sp, char *err, size_t errlen)
+{
+	struct spool_msg *m = calloc(1, sizeof *m);
+
+	if (m == NULL || (m->env.client_addr = strdup("")) == NULL ||
+	    (m->env.client_helo = strdup("")) == NULL) {
+		if (m != NULL)
+			free(m->env.client_addr);
+		free(m);
+		seterr(err, errlen, "spool_msg_new: out of memory");
+		return NULL;
+	}
+	m->sp = sp;
+	m->fd = -1;
+	spool_qid_new(sp, m->env.qid);
+	m->env.arrival = now_s();
+	return m;
+}
+
+const char *spool_msg_qid(const struct spool_msg *m)
+{
+	return m->env.qid;
+}
+
+int spool_msg_set_sender(struct spool_msg *m, const char *addr)
+{
+	if (set_str(&m->env.sender, addr, false) < 0)
+		return -1;
+	m->sender_set = true;
+	return 0;
+}
+
+int spool_msg_set_dsn(struct spool_msg *m, enum spool_dsn_ret ret, const char *envid)
+{
+	if (ret > SPOOL_RET_HDRS || set_str(&m->env.envid, envid, true) < 0)
+		return -1;
+	m->env.dsn_ret = ret;
+	return 0;
+}
+
+void spool_msg_set_body_type(struct spool_msg *m, enum spool_body_type t)
+{
+	m->env.body_type = t;
+}
+
+void spool_msg_set_smtputf8(struct spool_msg *m, bool on)
+{
+	m->env.smtputf8 = on;
+}
+
+int spool_msg_set_client(struct spool_msg *m, const char *addr, const char *helo)
+{
+	if (set_str(&m->env.client_addr, addr ? addr : "", false) < 0 ||
+	    set_str(&m->env.client_helo, helo ? helo : "", false) < 0)
+		return -1;
+	return 0;
+}
+
+void spool_msg_set_arrival(struct spool_msg *m, int64_t unix_seconds)
+{
+	m->env.arrival = unix_seconds;
+}
+
+int spool_msg_add_rcpt(struct spool_msg *m, const char *addr,
+		       unsigned notify, const char *orcpt)
+{
+	struct spool_rcpt *r;
+
+	if (!str_ok(addr) || (orcpt != NULL && !str_ok(orcpt)) || notify > 15)
+		return -1;
+	if (m->env.n_rcpts == m->rcap) {
+		size_t ncap = m->rcap ? m->rcap * 2 : 4;
+		struct spool_rcpt *nr = realloc(m->env.rcpts, ncap * sizeof *nr);
+
+		if (nr == NULL)
+			return -1;
+		m->env.rcpts = nr;
+		m->rcap = ncap;
+	}
+	r = &m->env.rcpts[m->env.n_rcpts];
+	memset(r, 0, sizeof *r);
+	r->addr = strdup(addr);
+	r->orcpt = orcpt ? strdup(orcpt) : NULL;
+	if (r->addr == NULL || (orcpt != NULL && r->orcpt == NULL)) {
+		free(r->addr);
+		free(r->orcpt);
+		return -1;
+	}
+	r->notify = notify;
+	r->state = SPOOL_RCPT_QUEUED;
+	m->env.n_rcpts++;
+	return 0;
+}
+
+/* Moves the in-memory body to body/<qid>.tmp; later bytes go there too. */
+static int msg_spill(struct spool_msg *m, char *err, size_t errlen)
+{
+	struct spool *sp = m->sp;
+
+	snprintf(m->tmpname, sizeof m->tmpname, "%s.tmp", m->env.qid);
+	m->fd = openat(sp->bodyfd, m->tmpname,
+		       O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (m->fd < 0) {
+		seterr(err, errlen, "open %s/body/%s: %s", sp->path, m->tmpname,
+		       strerror(errno));
+		return -1;
+	}
+	m->env.body_in_file = true;
+	if (write_all(m->fd, m->mem, m->memlen) < 0) {
+		seterr(err, errlen, "write %s/body/%s: %s", sp->path, m->tmpname,
+		       strerror(errno));
+		return -1;
+	}
+	free(m->mem);
+	m->mem = NULL;
+	m->memlen = m->memcap = 0;
+	return 0;
+}
+
+static int msg_mem_append(struct spool_msg *m, const void *bytes, size_t len,
+			  char *err, size_t errlen)
+{
+	if (m->memcap - m->memlen < len) {
+		size_t ncap = m->memcap ? m->memcap : 4096;
+		uint8_t *np;
+
+		while (ncap - m->memlen < len)
+			ncap *= 2;
+		if (ncap > m->sp->opts.inline_max)
+			ncap = m->sp->opts.inline_max;
+		np = realloc(m->mem, ncap);
+		if (np == NULL) {
+			seterr(err, errlen, "out of memory for a %zu-byte body", ncap);
+			return -1;
+		}
+		m->mem = np;
+		m->memcap = ncap;
+	}
+	memcpy(m->mem + m->memlen, bytes, len);
+	m->memlen += len;
+	return 0;
+}
+
+int spool_msg_append(struct spool_msg *m, const void *bytes, size_t len,
+		     char *err, size_t errlen)
+{
+	if (len == 0)
+		return 0;
+	if (m->fd < 0 && m->memlen + len > m->sp->opts.inline_max &&
+	    msg_spill(m, err, errlen) < 0)
+		return -1;
+	if (m->fd >= 0) {
+		if (write_all(m->fd, bytes, len) < 0) {
+			seterr(err, errlen, "write %s/body/%s: %s", m->sp->path,
+			       m->tmpname, strerror(errno));
+			return -1;
+		}
+	} else if (msg_mem_append(m, bytes, len, err, errlen) < 0) {
+		return -1;
+	}
+	m->env.body_crc = spool_record_crc32(m->env.body_crc, bytes, len);
+	m->env.size += len;
+	return 0;
+}
+
+uint64_t spool_msg_size(const struct spool_msg *m)
+{
+	return m->env.size;
+}
+
+/* Frees the builder; unlinks `name` in body/ if given. */
+static void msg_free(struct spool_msg *m, const char *unlink_name)
+{
+	if (m->fd >= 0)
+		close(m->fd);
+	if (unlink_name != NULL && unlink_name[0] != '\0' &&
+	    unlinkat(m->sp->bodyfd, unlink_name, 0) < 0 && errno != ENOENT)
+		evlog_emit(m->sp->log, EV_SPOOL_FILE_CLEANUP_FAILED,
+			   EVF_S("file", unlink_name), EVF_S("reason", strerror(errno)));
+	free(m->mem);
+	spool_record_envelope_clear(&m->env);
+	free(m);
+}
+
+void spool_msg_abort(struct spool_msg **mp)
+{
+	struct spool_msg *m = *mp;
+
+	if (m == NULL)
+		return;
+	msg_free(m, m->tmpname);
+	*mp = NULL;
+}
+
+/* ---- the spool thread: group commit ----------------------------------- */
+
+struct done_ctx {
+	spool_done_fn *done;
+	void *arg;
+	int rc;
+	char qid[SPOOL_QID_SIZE];
+	char err[ERRLEN];
+};
+
+static void done_cb(evutil_socket_t fd, short what, void *p)
+{
+	struct done_ctx *ctx = p;
+
+	ctx->done(ctx->arg, ctx->rc, ctx->qid, ctx->rc == 0 ? NULL : ctx->err);
+	free(ctx);
+}
+
+/* Reports one message's result to its waiter and frees it. */
+static void complete(struct spool *sp, struct pending *p)
+{
+	static const struct timeval zero_tv = { 0, 0 };
+	struct done_ctx *ctx;
+
+	if (p->sync != NULL) {
+		pthread_mutex_lock(&p->sync->mu);
+		p->sync->rc = p->rc;
+		memcpy(p->sync->qid, p->msg->env.qid, SPOOL_QID_SIZE);
+		memcpy(p->sync->err, p->err, ERRLEN);
+		p->sync->done = true;
+		pthread_cond_signal(&p->sync->cv);
+		pthread_mutex_unlock(&p->sync->mu);
+	} else {
+		ctx = malloc(sizeof *ctx);
+		if (ctx != NULL) {
+			ctx->done = p->done;
+			ctx->arg = p->arg;
+			ctx->rc = p->rc;
+			memcpy(ctx->qid, p->msg->env.qid, SPOOL_QID_SIZE);
+			memcpy(ctx->err, p->err, ERRLEN);
+		}
+		if (ctx == NULL ||
+		    event_base_once(p->base, -1, EV_TIMEOUT, done_cb, ctx, &zero_tv) < 0) {
+			evlog_emit(sp->log, EV_SPOOL_COMPLETION_LOST,
+				   EVF_S("qid", p->msg->env.qid),
+				   EVF_S("reason", ctx ? "event_base_once failed" : "out of memory"));
+			free(ctx);
+		}
+	}
+	msg_free(p->msg, NULL);
+	free(p->rec);
+	free(p);
+}
+
+static void fail(struct pending *p, const char *fmt, ...)
+	__attribute__((format(printf, 2, 3)));
+static void fail(struct pending *p, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (p->rc != 0)
+		return;
+	p->rc = -1;
+	va_start(ap, fmt);
+	vsnprintf(p->err, sizeof p->err, fmt, ap);
+	va_end(ap);
+}
+
+static const char *mdb_reason(struct spool *sp, int rc, char *buf, size_t len)
+{
+	if (rc == MDB_MAP_FULL)
+		snprintf(buf, len, "LMDB map full (spool.map_size is %zu bytes)",
+			 sp->opts.map_size);
+	else
+		snprintf(buf, len, "%s", mdb_strerror(rc));
+	return buf;
+}
+
+/* Makes a spilled body durable under its final name body/<qid>. */
+static void prepare_file(struct spool *sp, struct pending *p)
+{
+	struct spool_msg *m = p->msg;
+	int rc;
+
+	if (m->fd < 0)
+		return;
+	stats_add(sp, &sp->stats.fsyncs, 1);
+	rc = fsync(m->fd);
+	if (rc < 0)
+		fail(p, "fsync %s/body/%s: %s", sp->path, m->tmpname, strerror(errno));
+	if (close(m->fd) < 0 && rc == 0)
+		fail(p, "close %s/body/%s: %s", sp->path, m->tmpname, strerror(errno));
+	m->fd = -1;
+	if (p->rc == 0 && renameat(sp->bodyfd, m->tmpname, sp->bodyfd, m->env.qid) < 0)
+		fail(p, "rename %s/body/%s: %s", sp->path, m->tmpname, strerror(errno));
+	if (p->rc == 0)
+		m->tmpname[0] = '\0';   /* now named body/<qid> */
+}
+
+/* Refuses the batch when the filesystem is short of margin + its bytes. */
+static void check_space(struct spool *sp, struct pending *list)
+{
+	struct statvfs vs;
+	uint64_t need = sp->opts.space_margin, avail;
+
+	for (struct pending *p = list; p; p = p->next)
+		if (p->rc == 0)
+			need += p->reclen + p->msg->memlen;
+	if (statvfs(sp->path, &vs) < 0)
+		return;   /* cannot tell; let the write itself fail */
+	avail = (uint64_t)vs.f_bavail * vs.f_frsize;
+	if (avail >= need)
+		return;
+	for (struct pending *p = list; p; p = p->next)
+		fail(p, "only %llu bytes free on the filesystem of %s, below spool.space_margin %llu plus this batch",
+		     (unsigned long long)avail, sp->path,
+		     (unsigned long long)sp->opts.space_margin);
+}
+
+static int put_body(struct spool *sp, MDB_txn *txn, struct spool_msg *m)
+{
+	MDB_val k = { .mv_size = SPOOL_QID_LEN, .mv_data = m->env.qid };
+	MDB_val v = { .mv_size = m->memlen + SPOOL_RECORD_OVERHEAD, .mv_data = NULL };
+	uint8_t *b;
+	uint32_t crc;
+	int rc;
+
+	rc = mdb_put(txn, sp->db_body, &k, &v, MDB_NOOVERWRITE | MDB_RESERVE);
+	if (rc != 0)
+		return rc;
+	b = v.mv_data;
+	crc = spool_record_header(b, SPOOL_RECORD_BODY, (uint32_t)m->memlen);
+	if (m->memlen > 0)
+		memcpy(b + 8, m->mem, m->memlen);
+	crc = spool_record_crc32(crc, b + 8, m->memlen);
+	spool_record_put_u32(b + 8 + m->memlen, crc);
+	return 0;
+}
+
+/* One LMDB write transaction for every message still ok in the list. */
+static void write_batch(struct spool *sp, struct pending *list, size_t *n_ok_r)
+{
+	MDB_txn *txn = NULL;
+	char why[160];
+	size_t n_ok = 0;
+	int rc;
+
+	for (struct pending *p = list; p; p = p->next)
+		n_ok += p->rc == 0;
+	*n_ok_r = 0;
+	if (n_ok == 0)
+		return;
+	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
+	for (struct pending *p = list; rc == 0 && p; p = p->next) {
+		MDB_val k = { .mv_size = SPOOL_QID_LEN, .mv_data = p->msg->env.qid };
+		MDB_val v = { .mv_size = p->reclen, .mv_data = p->rec };
+
+		if (p->rc != 0)
+			continue;
+		rc = mdb_put(txn, sp->db_env, &k, &v, MDB_NOOVERWRITE);
+		if (rc == 0 && !p->msg->env.body_in_file)
+			rc = put_body(sp, txn, p->msg);
+	}
+	if (rc == 0) {
+		rc = mdb_txn_commit(txn);
+		txn = NULL;
+	}
+	if (txn != NULL)
+		mdb_txn_abort(txn);
+	if (rc != 0) {
+		mdb_reason(sp, rc, why, sizeof why);
+		for (struct pending *p = list; p; p = p->next)
+			fail(p, "spool %s: LMDB commit: %s", sp->path, why);
+		return;
+	}
+	*n_ok_r = n_ok;
+}
+
+static void commit_batch(struct spool *sp, struct pending *list)
+{
+	size_t n = 0, n_files = 0, n_ok = 0;
+	struct pending *next;
+
+	for (struct pending *p = list; p; p = p->next) {
+		n++;
+		prepare_file(sp, p);
+		n_files += p->rc == 0 && p->msg->env.body_in_file;
+	}
+	if (n_files > 0) {
+		stats_add(sp, &sp->stats.fsyncs, 1);
+		if (fsync(sp->bodyfd) < 0)
+			for (struct pending *p = list; p; p = p->next)
+				if (p->msg->env.body_in_file)
+					fail(p, "fsync %s/body: %s", sp->path, strerror(errno));
+	}
+	for (struct pending *p = list; p; p = p->next)
+		if (p->rc == 0 &&
+		    spool_record_encode_envelope(&p->msg->env, &p->rec, &p->reclen) < 0)
+			fail(p, "out of memory encoding the envelope");
+	check_space(sp, list);
+	write_batch(sp, list, &n_ok);
+
+	pthread_mutex_lock(&sp->mu);
+	if (n_ok > 0) {
+		sp->stats.commits++;
+		sp->stats.fsyncs++;
+		sp->stats.messages_committed += n_ok;
+		if (n_ok > sp->stats.max_batch)
+			sp->stats.max_batch = n_ok;
+	}
+	sp->stats.commit_failures += n - n_ok;
+	pthread_mutex_unlock(&sp->mu);
+	if (n_ok < n) {
+		const char *why = "";
+
+		for (struct pending *p = list; p; p = p->next)
+			if (p->rc != 0) {
+				why = p->err;
+				break;
+			}
+		evlog_emit(sp->log, EV_SPOOL_COMMIT_FAILED, EVF_S("path", sp->path),
+			   EVF_I("messages", n - n_ok), EVF_S("reason", why));
+	}
+	for (struct pending *p = list; p; p = next) {
+		next = p->next;
+		if (p->rc != 0 && p->msg->env.body_in_file) {
+			const char *name = p->msg->tmpname[0] ? p->msg->tmpname : p->msg->env.qid;
+
+			if (unlinkat(sp->bodyfd, name, 0) < 0 && errno != ENOENT)
+				evlog_emit(sp->log, EV_SPOOL_FILE_CLEANUP_FAILED,
+					   EVF_S("file", name), EVF_S("reason", strerror(errno)));
+		}
+		complete(sp, p);
+	}
+}
+
+static void *spool_thread_main(void *arg)
+{
+	struct spool *sp = arg;
+
+	pthread_mutex_lock(&sp->mu);
+	for (;;) {
+		struct pending *batch, **pp;
+		unsigned n = 0;
+
+		while (sp->head == NULL && !sp->stopping)
+			pthread_cond_wait(&sp->cv, &sp->mu);
+		if (sp->head == NULL)
+			break;
+		if (sp->opts.commit_delay_us > 0 && !sp->stopping) {
+			pthread_mutex_unlock(&sp->mu);
+			usleep(sp->opts.commit_delay_us);
+			pthread_mutex_lock(&sp->mu);
+		}
+		batch = sp->head;
+		pp = &sp->head;
+		while (*pp != NULL && n < sp->opts.max_batch) {
+			pp = &(*pp)->next;
+			n++;
+		}
+		sp->head = *pp;
+		*pp = NULL;
+		if (sp->head == NULL)
+			sp->tail = &sp->head;
+		pthread_mutex_unlock(&sp->mu);
+		commit_batch(sp, batch);
+		pthread_mutex_lock(&sp->mu);
+	}
+	pthread_mutex_unlock(&sp->mu);
+	return NULL;
+}
+
+static int enqueue(struct spool *sp, struct spool_msg *m, struct event_base *base,
+		   spool_done_fn *done, void *arg, struct sync_wait *sync,
+		   char *err, size_t errlen)
+{
+	struct pending *p;
+
+	if (!m->sender_set || m->env.n_rcpts == 0) {
+		seterr(err, errlen, "message %s has no %s", m->env.qid,
+		       m->sender_set ? "recipient" : "sender");
+		msg_free(m, m->tmpname);
+		return -1;
+	}
+	p = calloc(1, sizeof *p);
+	if (p == NULL) {
+		seterr(err, errlen, "out of memory queueing message %s", m->env.qid);
+		msg_free(m, m->tmpname);
+		return -1;
+	}
+	p->msg = m;
+	p->base = base;
+	p->done = done;
+	p->arg = arg;
+	p->sync = sync;
+	pthread_mutex_lock(&sp->mu);
+	if (sp->stopping) {
+		pthread_mutex_unlock(&sp->mu);
+		seterr(err, errlen, "spool %s is closing", sp->path);
+		msg_free(m, m->tmpname);
+		free(p);
+		return -1;
+	}
+	*sp->tail = p;
+	sp->tail = &p->next;
+	pthread_cond_signal(&sp->cv);
+	pthread_mutex_unlock(&sp->mu);
+	return 0;
+}
+
+int spool_commit_async(struct spool *sp, struct spool_msg **msgp,
+		       struct event_base *base, spool_done_fn *done, void *arg,
+		       char *err, size_t errlen)
+{
+	struct spool_msg *m = *msgp;
+
+	*msgp = NULL;
+	if (base == NULL || done == NULL) {
+		seterr(err, errlen, "spool_commit_async: no event base or callback");
+		msg_free(m, m->tmpname);
+		return -1;
+	}
+	return enqueue(sp, m, base, done, arg, NULL, err, errlen);
+}
+
+int spool_commit(struct spool *sp, struct spool_msg **msgp,
+		 char qid_r[SPOOL_QID_SIZE], char *err, size_t errlen)
+{
+	struct sync_wait w = { .done = false };
+	struct spool_msg *m = *msgp;
+
+	*msgp = NULL;
+	pthread_mutex_init(&w.mu, NULL);
+	pthread_cond_init(&w.cv, NULL);
+	if (enqueue(sp, m, NULL, NULL, NULL, &w, err, errlen) < 0) {
+		w.rc = -1;
+	} else {
+		pthread_mutex_lock(&w.mu);
+		while (!w.done)
+			pthread_cond_wait(&w.cv, &w.mu);
+		pthread_mutex_unlock(&w.mu);
+		if (w.rc != 0)
+			seterr(err, errlen, "%s", w.err);
+		else if (qid_r != NULL)
+			memcpy(qid_r, w.qid, SPOOL_QID_SIZE);
+	}
+	pthread_mutex_destroy(&w.mu);
+	pthread_cond_destroy(&w.cv);
+	return w.rc == 0 ? 0 : -1;
+}
+
+void spool_stats(struct spool *sp, struct spool_stats *r)
+{
+	pthread_mutex_lock(&sp->mu);
+	*r = sp->stats;
+	pthread_mutex_unlock(&sp->mu);
+}
+
+/* ---- quarantine ------------------------------------------------------- */
+
+/* Printable form of an LMDB key for events and reasons. */
+static void key_text(const MDB_val *k, char *buf, size_t len)
+{
+	const uint8_t *p = k->mv_data;
+	size_t o = 0;
+
+	for (size_t i = 0; i < k->mv_size && o + 5 < len; i++) {
+		if (p[i] >= 0x21 && p[i] < 0x7f)
+			buf[o++] = (char)p[i];
+		else
+			o += (size_t)snprintf(buf + o, len - o, "\\x%02x", p[i]);
+	}
+	buf[o] = '\0';
+}
+
+/* Moves the body file of `qid` between body/ and quarantine/. */
+static int move_body(struct spool *sp, const char *qid, bool to_quarantine)
+{
+	int from = to_quarantine ? sp->bodyfd : sp->quarfd;
+	int to = to_quarantine ? sp->quarfd : sp->bodyfd;
+
+	if (renameat(from, qid, to, qid) < 0)
+		return errno == ENOENT ? 0 : -1;
+	fsync(to);
+	fsync(from);
+	return 1;
+}
+
+static int quarantine_txn(struct spool *sp, const MDB_val *key, const char *reason,
+			  char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	MDB_val v, qv;
+	uint8_t *rec = NULL;
+	size_t reclen;
+	int rc;
+
+	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
+	if (rc != 0)
+		goto out;
+	rc = mdb_get(txn, sp->db_env, (MDB_val *)key, &v);
+	if (rc == MDB_NOTFOUND) {
+		mdb_txn_abort(txn);
+		return 1;
+	}
+	if (rc == 0 && spool_record_encode_quarantine(reason, now_s(), v.mv_data,
+						      v.mv_size, &rec, &reclen) < 0)
+		rc = ENOMEM;
+	qv.mv_data = rec;
+	qv.mv_size = reclen;
+	if (rc == 0)
+		rc = mdb_put(txn, sp->db_quar, (MDB_val *)key, &qv, 0);
+	if (rc == 0)
+		rc = mdb_del(txn, sp->db_env, (MDB_val *)key, NULL);
+	if (rc == 0) {
+		rc = mdb_del(txn, sp->db_body, (MDB_val *)key, NULL);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	}
+	if (rc == 0)
+		rc = mdb_txn_commit(txn);
+	else
+		mdb_txn_abort(txn);
+	free(rec);
+out:
+	if (rc != 0) {
+		seterr(err, errlen, "LMDB: %s", mdb_strerror(rc));
+		return -1;
+	}
+	return 0;
+}
+
+/* Quarantines the envelope stored under `key`: body file first (so a crash
+ * never leaves a committed quarantine entry whose body the orphan sweep
+ * would delete), then one transaction moving the record. */
+static int quarantine_key(struct spool *sp, const MDB_val *key, const char *reason,
+			  char *err, size_t errlen)
+{
+	char qid[SPOOL_QID_SIZE * 5], why[ERRLEN];
+	bool is_qid = spool_record_qid_valid(key->mv_data, key->mv_size);
+	int moved = 0, rc;
+
+	key_text(key, qid, sizeof qid);
+	if (is_qid && (moved = move_body(sp, qid, true)) < 0) {
+		seterr(why, sizeof why, "rename %s/body/%s to quarantine/: %s",
+		       sp->path, qid, strerror(errno));
+		rc = -1;
+	} else {
+		rc = quarantine_txn(sp, key, reason, why, sizeof why);
+		if (rc < 0 && moved > 0)
+			move_body(sp, qid, false);
+	}
+	if (rc < 0) {
+		evlog_emit(sp->log, EV_SPOOL_QUARANTINE_FAILED, EVF_S("qid", qid),
+			   EVF_S("reason", why), EVF_S("path", sp->path));
+		seterr(err, errlen, "quarantining %s: %s", qid, why);
+		return -1;
+	}
+	if (rc == 0) {
+		stats_add(sp, &sp->stats.quarantined, 1);
+		evlog_emit(sp->log, EV_SPOOL_QUARANTINED, EVF_S("qid", qid),
+			   EVF_S("reason", reason), EVF_S("path", sp->path));
+	}
+	return rc;
+}
+
+int spool_quarantine(struct spool *sp, const char *qid, const char *reason,
+		     char *err, size_t errlen)
+{
+	MDB_val k = { .mv_size = strlen(qid), .mv_data = (void *)qid };
+
+	return quarantine_key(sp, &k, reason ? reason : "", err, errlen);
+}
+
+/* Damaged keys met while walking a read transaction, quarantined after. */
+struct badlist {
+	struct bad {
+		uint8_t key[512];
+		size_t keylen;
+		char reason[ERRLEN];
+	} *v;
+	size_t n, cap;
+};
+
+static void bad_add(struct badlist *b, const MDB_val *k, const char *reason)
+{
+	if (b->n == b->cap) {
+		size_t ncap = b->cap ? b->cap * 2 : 4;
+		struct bad *nv = realloc(b->v, ncap * sizeof *nv);
+
+		if (nv == NULL)
+			return;   /* found again at the next walk */
+		b->v = nv;
+		b->cap = ncap;
+	}
+	b->v[b->n].keylen = k->mv_size < 512 ? k->mv_size : 512;
+	memcpy(b->v[b->n].key, k->mv_data, b->v[b->n].keylen);
+	snprintf(b->v[b->n].reason, ERRLEN, "%s", reason);
+	b->n++;
+}
+
+static void bad_flush(struct spool *sp, struct badlist *b)
+{
+	for (size_t i = 0; i < b->n; i++) {
+		MDB_val k = { .mv_size = b->v[i].keylen, .mv_data = b->v[i].key };
+
+		quarantine_key(sp, &k, b->v[i].reason, NULL, 0);
+	}
+	free(b->v);
+	memset(b, 0, sizeof *b);
+}
+
+/* Decodes the envelope under `k`; on damage returns -1 with a reason. */
+static int decode_env(const MDB_val *k, const MDB_val *v,
+		      struct spool_envelope **env_r, char *why, size_t whylen)
+{
+	char kt[SPOOL_QID_SIZE * 5];
+
+	if (spool_record_decode_envelope(v->mv_data, v->mv_size, env_r, why, whylen) < 0)
+		return -1;
+	if (k->mv_size != SPOOL_QID_LEN || memcmp(k->mv_data, (*env_r)->qid, SPOOL_QID_LEN) != 0) {
+		key_text(k, kt, sizeof kt);
+		seterr(why, whylen, "envelope of %s stored under key %s", (*env_r)->qid, kt);
+		spool_envelope_free(env_r);
+		return -1;
+	}
+	return 0;
+}
+
+int spool_foreach_quarantined(struct spool *sp, spool_quarantine_fn *cb,
+			      void *arg, char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc, stop = 0;
+
+	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
+	if (rc == 0 && (rc = mdb_cursor_open(txn, sp->db_quar, &cur)) != 0)
+		mdb_txn_abort(txn);
+	if (rc != 0) {
+		seterr(err, errlen, "spool %s: %s", sp->path, mdb_strerror(rc));
+		return -1;
+	}
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && stop == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		char qid[SPOOL_QID_SIZE * 5], why[ERRLEN], *reason = NULL;
+		int64_t when = 0;
+
+		key_text(&k, qid, sizeof qid);
+		if (spool_record_decode_quarantine(v.mv_data, v.mv_size, &reason,
+						   &when, why, sizeof why) < 0)
+			stop = cb(arg, qid, why, 0);
+		else
+			stop = cb(arg, qid, reason, when);
+		free(reason);
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	return stop;
+}
+
+/* ---- open, close ------------------------------------------------------ */
+
+static int mkdir_p(const char *path, char *err, size_t errlen)
+{
+	char buf[4096];
+	size_t len = strlen(path);
+
+	if (len == 0 || len >= sizeof buf) {
+		seterr(err, errlen, "spool path '%s' is empty or too long", path);
+		return -1;
+	}
+	memcpy(buf, path, len + 1);
+	for (char *p = buf + 1; *p; p++) {
+		if (*p != '/')
+			continue;
+		*p = '\0';
+		if (mkdir(buf, 0755) < 0 && errno != EEXIST) {
+			seterr(err, errlen, "mkdir %s: %s", buf, strerror(errno));
+			return -1;
+		}
+		*p = '/';
+	}
+	if (mkdir(buf, 0700) < 0 && errno != EEXIST) {
+		seterr(err, errlen, "mkdir %s: %s", buf, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int open_subdir(struct spool *sp, const char *name, int *fd_r,
+		       char *err, size_t errlen)
+{
+	if (mkdirat(sp->dirfd, name, 0700) < 0 && errno != EEXIST) {
+		seterr(err, errlen, "mkdir %s/%s: %s", sp->path, name, strerror(errno));
+		return -1;
+	}
+	*fd_r = openat(sp->dirfd, name, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (*fd_r < 0) {
+		seterr(err, errlen, "open %s/%s: %s", sp->path, name, strerror(errno));
+		return -1;
+	}
+	return 0;
+}
+
+static int open_dirs(struct spool *sp, char *err, size_t errlen)
+{
+	if (mkdir_p(sp->path, err, errlen) < 0)
+		return -1;
+	sp->dirfd = open(sp->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sp->dirfd < 0) {
+		seterr(err, errlen, "open %s: %s", sp->path, strerror(errno));
+		return -1;
+	}
+	sp->lockfd = openat(sp->dirfd, "carrier.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	if (sp->lockfd < 0) {
+		seterr(err, errlen, "open %s/carrier.lock: %s", sp->path, strerror(errno));
+		return -1;
+	}
+	if (flock(sp->lockfd, LOCK_EX | LOCK_NB) < 0) {
+		seterr(err, errlen, "%s/carrier.lock: %s",
+		       sp->path, errno == EWOULDBLOCK ?
+		       "the spool is in use by another process" : strerror(errno));
+		return -1;
+	}
+	if (open_subdir(sp, "body", &sp->bodyfd, err, errlen) < 0 ||
+	    open_subdir(sp, "quarantine", &sp->quarfd, err, errlen) < 0)
+		return -1;
+	return 0;
+}
+
+static int open_env(struct spool *sp, char *err, size_t errlen)
+{
+	int rc = mdb_env_create(&sp->env);
+
+	if (rc == 0)
+		rc = mdb_env_set_mapsize(sp->env, sp->opts.map_size);
+	if (rc == 0)
+		rc = mdb_env_set_maxdbs(sp->env, 8);
+	if (rc == 0)
+		rc = mdb_env_open(sp->env, sp->path, MDB_NOTLS, 0600);
+	if (rc != 0) {
+		seterr(err, errlen, "mdb_env_open %s: %s", sp->path, mdb_strerror(rc));
+		return -1;
+	}
+	return 0;
+}
+
+static int put_meta(struct spool *sp, MDB_txn *txn)
+{
+	MDB_val k = { .mv_size = strlen(META_KEY), .mv_data = (void *)META_KEY }, v;
+	uint8_t *rec;
+	size_t len;
+	int rc;
+
+	if (spool_record_encode_meta(SPOOL_FORMAT_VERSION, &rec, &len) < 0)
+		return ENOMEM;
+	v.mv_size = len;
+	v.mv_data = rec;
+	rc = mdb_put(txn, sp->db_meta, &k, &v, 0);
+	free(rec);
+	return rc;
+}
+
+/* Checks the format version, creates or upgrades, opens the databases. */
+static int setup_dbs(struct spool *sp, char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	unsigned found;
+	int rc;
+
+	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
+	if (rc != 0) {
+		seterr(err, errlen, "mdb_txn_begin %s: %s", sp->path, mdb_strerror(rc));
+		return -1;
+	}
+	if (read_version(txn, sp->path, &found, err, errlen) < 0)
+		goto fail;
+	if (found != 0 && version_verdict(sp->path, found, err, errlen) < 0) {
+		evlog_emit(sp->log, EV_SPOOL_VERSION_REFUSED, EVF_S("path", sp->path),
+			   EVF_I("found", found), EVF_I("oldest", SPOOL_FORMAT_OLDEST),
+			   EVF_I("supported", SPOOL_FORMAT_VERSION));
+		goto fail;
+	}
+	rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &sp->db_meta);
+	if (rc == 0)
+		rc = mdb_dbi_open(txn, "env", MDB_CREATE, &sp->db_env);
+	if (rc == 0)
+		rc = mdb_dbi_open(txn, "body", MDB_CREATE, &sp->db_body);
+	if (rc == 0)
+		rc = mdb_dbi_open(txn, "quarantine", MDB_CREATE, &sp->db_quar);
+	/* Upgrades from older formats would run here, step by step, in this
+	 * same transaction; format 1 is the first, so there are none yet. */
+	if (rc == 0 && found != SPOOL_FORMAT_VERSION)
+		rc = put_meta(sp, txn);
+	if (rc == 0)
+		rc = mdb_txn_commit(txn);
+	else
+		mdb_txn_abort(txn);
+	if (rc != 0) {
+		seterr(err, errlen, "creating the databases in %s: %s", sp->path,
+		       mdb_strerror(rc));
+		return -1;
+	}
+	if (found == 0)
+		evlog_emit(sp->log, EV_SPOOL_CREATED, EVF_S("path", sp->path),
+			   EVF_I("version", SPOOL_FORMAT_VERSION));
+	else if (found < SPOOL_FORMAT_VERSION)
+		evlog_emit(sp->log, EV_SPOOL_UPGRADED, EVF_S("path", sp->path),
+			   EVF_I("from", found), EVF_I("to", SPOOL_FORMAT_VERSION));
+	return 0;
+fail:
+	mdb_txn_abort(txn);
+	return -1;
+}
+
+/* Checks that the body an envelope points at exists. */
+static int body_present(struct spool *sp, MDB_txn *txn,
+			const struct spool_envelope *env, char *why, size_t whylen)
+{
+	MDB_val k = { .mv_size = SPOOL_QID_LEN, .mv_data = (void *)env->qid }, v;
+	struct stat st;
+
+	if (env->body_in_file) {
+		if (fstatat(sp->bodyfd, env->qid, &st, 0) == 0)
+			return 0;
+		seterr(why, whylen, "body file %s/body/%s: %s", sp->path, env->qid,
+		       strerror(errno));
+		return -1;
+	}
+	if (mdb_get(txn, sp->db_body, &k, &v) == 0)
+		return 0;
+	seterr(why, whylen, "its inline body record is missing");
+	return -1;
+}
+
+/* Walks every envelope at open: quarantines damaged ones, seeds the qid
+ * generator past every stored qid; returns the number of good messages. */
+static long scan_envelopes(struct spool *sp, char *err, size_t errlen)
+{
+	struct badlist bad = { 0 };
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	long good = 0;
+	int rc;
+
+	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
+	if (rc == 0 && (rc = mdb_cursor_open(txn, sp->db_env, &cur)) != 0)
+		mdb_txn_abort(txn);
+	if (rc != 0) {
+		seterr(err, errlen, "reading %s: %s", sp->path, mdb_strerror(rc));
+		return -1;
+	}
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		struct spool_envelope *env = NULL;
+		char why[ERRLEN];
+
+		if (decode_env(&k, &v, &env, why, sizeof why) < 0 ||
+		    body_present(sp, txn, env, why, sizeof why) < 0) {
+			bad_add(&bad, &k, why);
+		} else {
+			qid_seed(sp, env->qid);
+			good++;
+		}
+		spool_envelope_free(&env);
+	}
+	mdb_cursor_close(cur);
+	if (mdb_cursor_open(txn, sp->db_quar, &cur) == 0) {
+		if (mdb_cursor_get(cur, &k, &v, MDB_LAST) == 0 &&
+		    spool_record_qid_valid(k.mv_data, k.mv_size)) {
+			char q[SPOOL_QID_SIZE];
+
+			memcpy(q, k.mv_data, SPOOL_QID_LEN);
+			q[SPOOL_QID_LEN] = '\0';
+			qid_seed(sp, q);
+		}
+		mdb_cursor_close(cur);
+	}
+	mdb_txn_abort(txn);
+	bad_flush(sp, &bad);
+	return good;
+}
+
+/* Removes body files no envelope references: *.tmp left by a crash during
+ * DATA, or bodies whose commit never happened (never acknowledged). */
+static void sweep_orphans(struct spool *sp)
+{
+	MDB_txn *txn;
+	struct dirent *de;
+	DIR *d;
+	int fd = dup(sp->bodyfd);
+
+	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+		if (fd >= 0)
+			close(fd);
+		return;
+	}
+	if (mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn) != 0) {
+		closedir(d);
+		return;
+	}
+	while ((de = readdir(d)) != NULL) {
+		size_t len = strlen(de->d_name);
+		bool tmp = len == SPOOL_QID_LEN + 4 && strcmp(de->d_name + SPOOL_QID_LEN, ".tmp") == 0;
+		MDB_val k = { .mv_size = SPOOL_QID_LEN, .mv_data = de->d_name }, v;
+		char file[4200];
+
+		if (!spool_record_qid_valid(de->d_name, tmp ? SPOOL_QID_LEN : len))
+			continue;
+		if (!tmp && mdb_get(txn, sp->db_env, &k, &v) == 0)
+			continue;
+		snprintf(file, sizeof file, "%s/body/%s", sp->path, de->d_name);
+		if (unlinkat(sp->bodyfd, de->d_name, 0) == 0)
+			evlog_emit(sp->log, EV_SPOOL_ORPHAN_REMOVED, EVF_S("file", file));
+		else
+			evlog_emit(sp->log, EV_SPOOL_FILE_CLEANUP_FAILED,
+				   EVF_S("file", file), EVF_S("reason", strerror(errno)));
+	}
+	mdb_txn_abort(txn);
+	closedir(d);
+}
+
+static void spool_free(struct spool *sp)
+{
+	if (sp->env != NULL)
+		mdb_env_close(sp->env);
+	if (sp->bodyfd >= 0)
+		close(sp->bodyfd);
+	if (sp->quarfd >= 0)
+		close(sp->quarfd);
+	if (sp->dirfd >= 0)
+		close(sp->dirfd);
+	if (sp->lockfd >= 0)
+		close(sp->lockfd);   /* releases the flock last */
+	pthread_mutex_destroy(&sp->mu);
+	pthread_mutex_destroy(&sp->qid_mu);
+	pthread_cond_destroy(&sp->cv);
+	free(sp->path);
+	free(sp);
+}
+
+static struct spool *spool_alloc(const char *path, const struct spool_opts *opts,
+				 struct evlog *log)
+{
+	struct spool *sp = calloc(1, sizeof *sp);
+
+	if (sp == NULL)
+		return NULL;
+	sp->dirfd = sp->bodyfd = sp->quarfd = sp->lockfd = -1;
+	spool_opts_init(&sp->opts);
+	if (opts != NULL) {
+		sp->opts = *opts;
+		if (sp->opts.map_size == 0)
+			sp->opts.map_size = (size_t)1 << 30;
+		if (sp->opts.inline_max == 0)
+			sp->opts.inline_max = 64 * 1024;
+		if (sp->opts.max_batch == 0)
+			sp->opts.max_batch = 1024;
+	}
+	sp->log = log;
+	sp->tail = &sp->head;
+	pthread_mutex_init(&sp->mu, NULL);
+	pthread_mutex_init(&sp->qid_mu, NULL);
+	pthread_cond_init(&sp->cv, NULL);
+	sp->path = strdup(path);
+	if (sp->path == NULL) {
+		spool_free(sp);
+		return NULL;
+	}
+	return sp;
+}
+
+struct spool *spool_open(const char *path, const struct spool_opts *opts,
+			 struct evlog *log, char *err, size_t errlen)
+{
+	struct spool *sp = spool_alloc(path, opts, log);
+	char why[ERRLEN + 64];
+	long n;
+	int rc;
+
+	if (sp == NULL) {
+		seterr(err, errlen, "spool_open %s: out of memory", path);
+		return NULL;
+	}
+	if (open_dirs(sp, why, sizeof why) < 0 || open_env(sp, why, sizeof why) < 0 ||
+	    setup_dbs(sp, why, sizeof why) < 0 ||
+	    (n = scan_envelopes(sp, why, sizeof why)) < 0)
+		goto fail;
+	sweep_orphans(sp);
+	rc = pthread_create(&sp->thread, NULL, spool_thread_main, sp);
+	if (rc != 0) {
+		seterr(why, sizeof why, "pthread_create: %s", strerror(rc));
+		goto fail;
+	}
+	sp->thread_started = true;
+	evlog_emit(log, EV_SPOOL_OPENED, EVF_S("path", path),
+		   EVF_I("version", SPOOL_FORMAT_VERSION), EVF_I("messages", n),
+		   EVF_I("quarantined", sp->stats.quarantined));
+	return sp;
+fail:
+	/* a refused version has its own event already */
+	if (strstr(why, "format version") == NULL)
+		evlog_emit(log, EV_SPOOL_OPEN_FAILED, EVF_S("path", path), EVF_S("reason", why));
+	seterr(err, errlen, "%s", why);
+	spool_free(sp);
+	return NULL;
+}
+
+void spool_close(struct spool **spp)
+{
+	struct spool *sp = *spp;
+
+	if (sp == NULL)
+		return;
+	if (sp->thread_started) {
+		pthread_mutex_lock(&sp->mu);
+		sp->stopping = true;
+		pthread_cond_signal(&sp->cv);
+		pthread_mutex_unlock(&sp->mu);
+		pthread_join(sp->thread, NULL);
+	}
+	evlog_emit(sp->log, EV_SPOOL_CLOSED, EVF_S("path", sp->path),
+		   EVF_I("commits", sp->stats.commits),
+		   EVF_I("messages", sp->stats.messages_committed));
+	spool_free(sp);
+	*spp = NULL;
+}
+
+static int chown_dir_files(int dfd, const char *what, uid_t uid, gid_t gid,
+			   char *err, size_t errlen)
+{
+	struct dirent *de;
+	int fd = dup(dfd), rc = 0;
+	DIR *d;
+
+	if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+		seterr(err, errlen, "opendir %s: %s", what, strerror(errno));
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	while (rc == 0 && (de = readdir(d)) != NULL) {
+		if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0)
+			continue;
+		if (fchownat(dfd, de->d_name, uid, gid, AT_SYMLINK_NOFOLLOW) < 0 &&
+		    errno != ENOENT) {
+			seterr(err, errlen, "chown %s/%s: %s", what, de->d_name, strerror(errno));
+			rc = -1;
+		}
+	}
+	closedir(d);
+	return rc;
+}
+
+int spool_chown(struct spool *sp, uid_t uid, gid_t gid, char *err, size_t errlen)
+{
+	char what[4200];
+
+	/* the top directory's entries: data.mdb, lock.mdb, carrier.lock,
+	 * body, quarantine */
+	if (fchown(sp->dirfd, uid, gid) < 0) {
+		seterr(err, errlen, "chown %s: %s", sp->path, strerror(errno));
+		return -1;
+	}
+	if (chown_dir_files(sp->dirfd, sp->path, uid, gid, err, errlen) < 0)
+		return -1;
+	snprintf(what, sizeof what, "%s/body", sp->path);
+	if (chown_dir_files(sp->bodyfd, what, uid, gid, err, errlen) < 0)
+		return -1;
+	snprintf(what, sizeof what, "%s/quarantine", sp->path);
+	return chown_dir_files(sp->quarfd, what, uid, gid, err, errlen);
+}
+
+int spool_space_ok(struct spool *sp, uint64_t declared_size,
+		   char *err, size_t errlen)
+{
+	struct statvfs vs;
+	uint64_t avail, need;
+
+	if (statvfs(sp->path, &vs) < 0) {
+		seterr(err, errlen, "statvfs %s: %s", sp->path, strerror(errno));
+		return -1;
+	}
+	avail = (uint64_t)vs.f_bavail * vs.f_frsize;
+	if (declared_size > UINT64_MAX / 4)
+		need = UINT64_MAX;
+	else
+		need = declared_size + declared_size / 2;
+	need = need > UINT64_MAX - sp->opts.space_margin ? UINT64_MAX
+							 : need + sp->opts.space_margin;
+	if (avail >= need)
+		return 0;
+	seterr(err, errlen,
+	       "only %llu bytes free on the filesystem of %s; a %llu-byte message needs %llu (1.5 x size + spool.space_margin %llu)",
+	       (unsigned long long)avail, sp->path, (unsigned long long)declared_size,
+	       (unsigned long long)need, (unsigned long long)sp->opts.space_margin);
+	evlog_emit(sp->log, EV_SPOOL_SPACE_LOW, EVF_S("path", sp->path),
+		   EVF_I("free", avail), EVF_I("size", declared_size), EVF_I("need", need));
+	return -1;
+}
+
+/* ---- reading and updating --------------------------------------------- */
+
+static bool env_pending(const struct spool_envelope *env)
+{
+	for (size_t i = 0; i < env->n_rcpts; i++)
+		if (env->rcpts[i].state == SPOOL_RCPT_QUEUED ||
+		    env->rcpts[i].state == SPOOL_RCPT_DEFERRED)
+			return true;
+	return false;
+}
+
+int spool_foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
+			  char *err, size_t errlen)
+{
+	struct badlist bad = { 0 };
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc, stop = 0;
+
+	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
+	if (rc == 0 && (rc = mdb_cursor_open(txn, sp->db_env, &cur)) != 0)
+		mdb_txn_abort(txn);
+	if (rc != 0) {
+		seterr(err, errlen, "reading spool %s: %s", sp->path, mdb_strerror(rc));
+		return -1;
+	}
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && stop == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		struct spool_envelope *env = NULL;
+		char why[ERRLEN];
+
+		if (decode_env(&k, &v, &env, why, sizeof why) < 0)
+			bad_add(&bad, &k, why);
+		else if (env_pending(env))
+			stop = cb(arg, env);
+		spool_envelope_free(&env);
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	bad_flush(sp, &bad);
+	return stop;
+}
+
+/* Gets and decodes the envelope of `qid` in txn: 0, 1 if absent, -1 when
+ * damaged (reason in why; the caller quarantines after its txn) or on an
+ * LMDB error (*lmdb_r set). */
+static int get_env(struct spool *sp, MDB_txn *txn, const char *qid,
+		   struct spool_envelope **env_r, int *lmdb_r, char *why, size_t whylen)
+{
+	MDB_val k = { .mv_size = strlen(qid), .mv_data = (void *)qid }, v;
+	int rc = mdb_get(txn, sp->db_env, &k, &v);
+
+	*env_r = NULL;
+	*lmdb_r = rc == MDB_NOTFOUND ? 0 : rc;
+	if (rc == MDB_NOTFOUND)
+		return 1;
+	if (rc != 0) {
+		seterr(why, whylen, "%s", mdb_strerror(rc));
+		return -1;
+	}
+	return decode_env(&k, &v, env_r, why, whylen);
+}
+
+/* After a damaged record was met: quarantine it and explain in err. */
+static int damaged(struct spool *sp, const char *qid, const char *why,
+		   char *err, size_t errlen)
+{
+	quarantine_key(sp, &(MDB_val){ .mv_size = strlen(qid), .mv_data = (void *)qid },
+		       why, NULL, 0);
+	seterr(err, errlen, "message %s is damaged and was quarantined: %s", qid, why);
+	return -1;
+}
+
+int spool_load(struct spool *sp, const char *qid,
+	       struct spool_envelope **env_r, char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	char why[ERRLEN];
+	int rc, lrc;
+
+	*env_r = NULL;
+	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
+	if (rc != 0) {
+		seterr(err, errlen, "reading spool %s: %s", sp->path, mdb_strerror(rc));
+		return -1;
+	}
+	rc = get_env(sp, txn, qid, env_r, &lrc, why, sizeof why);
+	mdb_txn_abort(txn);
+	if (rc < 0 && lrc != 0) {
+		seterr(err, errlen, "reading %s from spool %s: %s", qid, sp->path, why);
+		return -1;
+	}
+	if (rc < 0)
+		return damaged(sp, qid, why, err, errlen);
+	return rc;
+}
+
+/* Copies and checks the inline body record of env: 0, -1 damaged, -2 a
+ * transient failure (both with why). */
+static int body_inline(struct spool *sp, MDB_txn *txn, const struct spool_envelope *env,
+		       struct spool_body *b, char *why, size_t whylen)
+{
+	MDB_val k = { .mv_size = SPOOL_QID_LEN, .mv_data = (void *)env->qid }, v;
+	const uint8_t *p;
+	size_t n;
+	int rc = mdb_get(txn, sp->db_body, &k, &v);
+
+	if (rc != 0) {
+		seterr(why, whylen, "inline body: %s", mdb_strerror(rc));
+		return rc == MDB_NOTFOUND ? -1 : -2;
+	}
+	if (spool_record_check(v.mv_data, v.mv_size, SPOOL_RECORD_BODY, &p, &n, why, whylen) < 0)
+		return -1;
+	if (n != env->size || spool_record_crc32(0, p, n) != env->body_crc) {
+		seterr(why, whylen, "inline body of %zu bytes does not match the envelope's size %llu and CRC",
+		       n, (unsigned long long)env->size);
+		return -1;
+	}
+	b->mem = malloc(n ? n : 1);
+	if (b->mem == NULL) {
+		seterr(why, whylen, "out of memory for a %zu-byte body", n);
+		return -2;
+	}
+	memcpy(b->mem, p, n);
+	return 0;
+}
+
+/* Opens and checks the body file of env: 0, -1 damaged, -2 transient. */
+static int body_file(struct spool *sp, const struct spool_envelope *env,
+		     struct spool_body *b, char *why, size_t whylen)
+{
+	struct stat st;
+
+	b->fd = openat(sp->bodyfd, env->qid, O_RDONLY | O_CLOEXEC);
+	if (b->fd < 0 || fstat(b->fd, &st) < 0) {
+		seterr(why, whylen, "open %s/body/%s: %s", sp->path, env->qid, strerror(errno));
+		return errno == ENOENT ? -1 : -2;   /* missing: damaged; else transient */
+	}
+	if ((uint64_t)st.st_size != env->size) {
+		seterr(why, whylen, "body file %s/body/%s has %lld bytes, the envelope says %llu",
+		       sp->path, env->qid, (long long)st.st_size,
+		       (unsigned long long)env->size);
+		return -1;
+	}
+	return 0;
+}
+
+int spool_body_open(struct spool *sp, const char *qid,
+		    struct spool_body **b_r, char *err, size_t errlen)
+{
+	struct spool_envelope *env = NULL;
+	struct spool_body *b;
+	MDB_txn *txn;
+	char why[ERRLEN];
+	int rc, lrc = 0;
+
+	*b_r = NULL;
+	b = calloc(1, sizeof *b);
+	if (b == NULL) {
+		seterr(err, errlen, "out of memory");
+		return -1;
+	}
+	b->fd = -1;
+	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
+	if (rc != 0) {
+		seterr(err, errlen, "reading spool %s: %s", sp->path, mdb_strerror(rc));
+		free(b);
+		return -1;
+	}
+	rc = get_env(sp, txn, qid, &env, &lrc, why, sizeof why);
+	if (rc == 0) {
+		b->size = env->size;
+		rc = env->body_in_file ? body_file(sp, env, b, why, sizeof why)
+				       : body_inline(sp, txn, env, b, why, sizeof why);
+	}
+	mdb_txn_abort(txn);
+	spool_envelope_free(&env);
+	if (rc == 0) {
+		*b_r = b;
+		return 0;
+	}
+	spool_body_close(&b);
+	if (rc > 0)
+		return 1;
+	if (lrc != 0 || rc == -2) {
+		seterr(err, errlen, "reading %s from spool %s: %s", qid, sp->path, why);
+		return -1;
+	}
+	return damaged(sp, qid, why, err, errlen);
+}
+
+const void *spool_body_mem(const struct spool_body *b, size_t *len_r)
+{
+	*len_r = b->mem ? (size_t)b->size : 0;
+	return b->mem;
+}
+
+int spool_body_fd(const struct spool_body *b)
+{
+	return b->fd;
+}
+
+uint64_t spool_body_size(const struct spool_body *b)
+{
+	return b->size;
+}
+
+ssize_t spool_body_read(struct spool_body *b, void *buf, size_t n)
+{
+	ssize_t r;
+
+	if (b->pos >= b->size)
+		return 0;
+	if (n > b->size - b->pos)
+		n = (size_t)(b->size - b->pos);
+	if (b->mem != NULL) {
+		memcpy(buf, b->mem + b->pos, n);
+		r = (ssize_t)n;
+	} else {
+		do
+			r = pread(b->fd, buf, n, (off_t)b->pos);
+		while (r < 0 && errno == EINTR);
+		if (r < 0)
+			return -1;
+	}
+	b->pos += (uint64_t)r;
+	return r;
+}
+
+void spool_body_close(struct spool_body **bp)
+{
+	struct spool_body *b = *bp;
+
+	if (b == NULL)
+		return;
+	if (b->fd >= 0)
+		close(b->fd);
+	free(b->mem);
+	free(b);
+	*bp = NULL;
+}
+
+/* Runs `fn` on the envelope of qid inside one write txn; fn returns 0 to
+ * write it back, 2 to delete the message, -1 (+why) to abort. */
+typedef int env_edit_fn(struct spool_envelope *env, void *arg, char *why, size_t whylen);
+
+static int edit_env(struct spool *sp, const char *qid, env_edit_fn *fn, void *arg,
+		    int *action_r, struct spool_envelope **env_r,
+		    char *err, size_t errlen)
+{
+	MDB_val k = { .mv_size = strlen(qid), .mv_data = (void *)qid }, v;
+	struct spool_envelope *env = NULL;
+	MDB_txn *txn;
+	uint8_t *rec = NULL;
+	char why[ERRLEN];
+	int rc, lrc = 0, act = -1;
+
+	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
+	if (rc != 0) {
+		seterr(err, errlen, "spool %s: mdb_txn_begin: %s", sp->path, mdb_strerror(rc));
+		return -1;
+	}
+	rc = get_env(sp, txn, qid, &env, &lrc, why, sizeof why);
+	if (rc != 0) {
+		mdb_txn_abort(txn);
+		if (rc > 0)
+			return 1;
+		if (lrc != 0) {
+			seterr(err, errlen, "reading %s from spool %s: %s", qid, sp->path, why);
+			return -1;
+		}
+		return damaged(sp, qid, why, err, errlen);
+	}
+	act = fn(env, arg, why, sizeof why);
+	if (act == 0) {
+		if (spool_record_encode_envelope(env, &rec, &v.mv_size) < 0) {
+			lrc = ENOMEM;
+		} else {
+			v.mv_data = rec;
+			lrc = mdb_put(txn, sp->db_env, &k, &v, 0);
+		}
+	} else if (act == 2) {
+		lrc = mdb_del(txn, sp->db_env, &k, NULL);
+		if (lrc == 0 && !env->body_in_file)
+			lrc = mdb_del(txn, sp->db_body, &k, NULL);
+	}
+	free(rec);
+	if (act >= 0 && lrc == 0)
+		lrc = mdb_txn_commit(txn);
+	else
+		mdb_txn_abort(txn);
+	if (act < 0 || lrc != 0) {
+		seterr(err, errlen, "updating %s in spool %s: %s", qid, sp->path,
+		       act < 0 ? why : mdb_reason(sp, lrc, why, sizeof why));
+		spool_envelope_free(&env);
+		return -1;
+	}
+	*action_r = act;
+	*env_r = env;
+	return 0;
+}
+
+struct rcpt_edit {
+	size_t idx;
+	enum spool_rcpt_state state;
+	const char *reply;
+	int64_t next_attempt;
+	bool missing;
+};
+
+static int rcpt_edit_fn(struct spool_envelope *env, void *arg, char *why, size_t whylen)
+{
+	struct rcpt_edit *e = arg;
+	struct spool_rcpt *r;
+
+	if (e->idx >= env->n_rcpts) {
+		e->missing = true;
+		seterr(why, whylen, "no recipient #%zu (the message has %zu)", e->idx, env->n_rcpts);
+		return -1;
+	}
+	r = &env->rcpts[e->idx];
+	if (e->reply != NULL && set_str(&r->last_reply, e->reply, false) < 0) {
+		seterr(why, whylen, "reply text too long or out of memory");
+		return -1;
+	}
+	r->state = e->state;
+	r->next_attempt = e->next_attempt;
+	if (r->attempts < UINT32_MAX)
+		r->attempts++;
+	return 0;
+}
+
+int spool_rcpt_update(struct spool *sp, const char *qid, size_t rcpt_index,
+		      enum spool_rcpt_state state, const char *reply,
+		      int64_t next_attempt, char *err, size_t errlen)
+{
+	struct rcpt_edit e = { rcpt_index, state, reply, next_attempt, false };
+	struct spool_envelope *env = NULL;
+	int act, rc;
+
+	if (state > SPOOL_RCPT_FAILED) {
+		seterr(err, errlen, "invalid recipient state %d", (int)state);
+		return -1;
+	}
+	rc = edit_env(sp, qid, rcpt_edit_fn, &e, &act, &env, err, errlen);
+	spool_envelope_free(&env);
+	return rc < 0 && e.missing ? 1 : rc;
+}
+
+static int remove_fn(struct spool_envelope *env, void *arg, char *why, size_t whylen)
+{
+	if (env_pending(env)) {
+		seterr(why, whylen, "recipients pending");
+		return -1;
+	}
+	return 2;
+}
+
+int spool_remove(struct spool *sp, const char *qid, char *err, size_t errlen)
+{
+	struct spool_envelope *env = NULL;
+	int act, rc;
+
+	rc = edit_env(sp, qid, remove_fn, NULL, &act, &env, err, errlen);
+	if (rc == 0 && env->body_in_file) {
+		if (unlinkat(sp->bodyfd, env->qid, 0) < 0 && errno != ENOENT) {
+			char file[4200];
+
+			snprintf(file, sizeof file, "%s/body/%s", sp->path, env->qid);
+			evlog_emit(sp->log, EV_SPOOL_FILE_CLEANUP_FAILED,
+				   EVF_S("file", file), EVF_S("reason", strerror(errno)));
+		}
+	}
+	spool_envelope_free(&env);
+	return rc;
 }

@@ -526,12 +526,8 @@ fail:
 	return -1;
 }
 
-void spool_envelope_free(struct spool_envelope **envp)
+void spool_record_envelope_clear(struct spool_envelope *env)
 {
-	struct spool_envelope *env = *envp;
-
-	if (env == NULL)
-		return;
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		free(env->rcpts[i].addr);
 		free(env->rcpts[i].orcpt);
@@ -542,7 +538,15 @@ void spool_envelope_free(struct spool_envelope **envp)
 	free(env->envid);
 	free(env->client_addr);
 	free(env->client_helo);
-	free(env);
+	memset(env, 0, sizeof *env);
+}
+
+void spool_envelope_free(struct spool_envelope **envp)
+{
+	if (*envp == NULL)
+		return;
+	spool_record_envelope_clear(*envp);
+	free(*envp);
 	*envp = NULL;
 }
 

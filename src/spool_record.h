@@ -76,6 +76,9 @@ int spool_record_decode_envelope(const void *buf, size_t len,
 				 struct spool_envelope **env_r,
 				 char *err, size_t errlen);
 
+/* Frees the members of an envelope (not the struct) and zeroes it. */
+void spool_record_envelope_clear(struct spool_envelope *env);
+
 /* QUARANTINE record: reason, time, and the damaged raw bytes. */
 int spool_record_encode_quarantine(const char *reason, int64_t when,
 				   const void *raw, size_t rawlen,
