@@ -947,7 +947,7 @@ static int quarantine_txn(struct spool *sp, const MDB_val *key, const char *reas
 	MDB_txn *txn;
 	MDB_val v, qv;
 	uint8_t *rec = NULL;
-	size_t reclen;
+	size_t reclen = 0;
 	int rc;
 
 	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
