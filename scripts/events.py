@@ -13,6 +13,9 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEF = ROOT / "src" / "events.def"
 DOC = ROOT / "docs" / "events.md"
+# libevent's flags share the EV_ prefix; they are not events, and no event
+# may take one of their names.
+LIBEVENT = {"TIMEOUT", "READ", "WRITE", "SIGNAL", "PERSIST", "ET", "FINALIZE", "CLOSED"}
 SEVERITIES = ["DEBUG", "INFO", "NOTICE", "WARNING", "ERROR", "FATAL"]
 STR = r'"((?:[^"\\]|\\.)*)"'
 EVENT_RE = re.compile(
@@ -124,6 +127,8 @@ def check(events, declared):
     by_name = {e["name"]: e for e in events}
     for e in events:
         where = f"events.def: {e['id']} {e['name']}"
+        if e["name"] in LIBEVENT:
+            errors.append(f"{where}: name clashes with libevent's EV_{e['name']}")
         if e["severity"] not in SEVERITIES:
             errors.append(f"{where}: unknown severity {e['severity']}")
         if e["category"] not in cats:
@@ -139,6 +144,8 @@ def check(events, declared):
         text = path.read_text(errors="replace")
         rel = path.relative_to(ROOT)
         for name in re.findall(r"\bEV_([A-Z0-9_]+)\b", text):
+            if name in LIBEVENT:
+                continue
             used.add(name)
             if name not in by_name:
                 errors.append(f"{rel}: uses EV_{name}, which is not in events.def")
