@@ -454,17 +454,15 @@ struct smtp_parse_reply {
 	unsigned lines;
 };
 
+/* State of one reply being parsed; fields are private. */
 struct smtp_parse_reply_parser {
 	struct smtp_parse_reply_limits limits;
-	int state;
-	size_t line_len;
-	unsigned pending_code;
-	char line_head[20];   /* first bytes of the current line */
+	size_t line_len;      /* octets of the current line, no EOL */
+	char line_head[4];    /* "ddd" and the separator */
 	size_t head_len;
-	bool last_line;
-	bool had_cr;
-	bool done;
-	enum smtp_parse_result result;
+	size_t text_start;    /* where this line's text begins in reply text */
+	bool had_cr;          /* a CR is held: CRLF or a CR in the text */
+	enum smtp_parse_result result;  /* MORE until complete or failed */
 };
 
 /* Fills defaults. */
