@@ -125,6 +125,7 @@ struct conf_parse {
 	const char *file;
 	unsigned line;                  /* line the reader handed out last */
 	unsigned set_line[CONF_N_KEYS]; /* where each key was set, 0 = default */
+	bool bad[CONF_N_KEYS];          /* already reported: no second error */
 	unsigned level_line[EVLOG_N_CATEGORIES];
 	/* reader state */
 	FILE *fp;
@@ -657,8 +658,10 @@ static int conf_handler(void *user, const char *section, const char *name, const
 		if (p->set_line[i])
 			conf_err(p, p->line, key, "set twice (first at line %u); expected once", p->set_line[i]);
 		p->set_line[i] = p->line;
-		if (apply_key(p->conf, k, value, why, sizeof why) < 0)
+		if (apply_key(p->conf, k, value, why, sizeof why) < 0) {
+			p->bad[i] = true;
 			conf_err(p, p->line, key, "%s (expected %s)", why, k->expect);
+		}
 		return 1;
 	}
 	if (*section == '\0') {
@@ -674,7 +677,7 @@ static int conf_handler(void *user, const char *section, const char *name, const
 		if (strcmp(p->bad_section, section) != 0) {
 			snprintf(p->bad_section, sizeof p->bad_section, "%s", section);
 			suggest_section(section, hint, sizeof hint);
-			conf_err(p, p->line, "", "unknown section [%s]%s", section, hint);
+			conf_err(p, p->line, "section", "unknown section [%s]%s", section, hint);
 		}
 		return 1;
 	}
@@ -718,11 +721,11 @@ static char *conf_reader(char *str, int num, void *stream)
 
 			while ((c = fgetc(p->fp)) != EOF && c != '\n')
 				;
-			conf_err(p, p->line, "", "line too long (expected at most %d characters)", num - 3);
+			conf_err(p, p->line, "syntax", "line too long (expected at most %d characters)", num - 3);
 			continue;
 		}
 		if (len + 1 > (size_t)num) {
-			conf_err(p, p->line, "", "line too long (expected at most %d characters)", num - 3);
+			conf_err(p, p->line, "syntax", "line too long (expected at most %d characters)", num - 3);
 			continue;
 		}
 		const char *s = skip_ws(line);
@@ -732,11 +735,11 @@ static char *conf_reader(char *str, int num, void *stream)
 			char shown[64];
 
 			snprintf(shown, sizeof shown, "%.*s", (int)strcspn(s, "\r\n"), s);
-			conf_err(p, p->line, "", "'%s' is not a setting (expected KEY = VALUE, [section] or a ; comment)", shown);
+			conf_err(p, p->line, "syntax", "'%s' is not a setting (expected KEY = VALUE, [section] or a ; comment)", shown);
 			continue;
 		}
 		if (*s == '[' && strchr(s, ']') == NULL) {
-			conf_err(p, p->line, "", "section header without ']' (expected [name])");
+			conf_err(p, p->line, "syntax", "section header without ']' (expected [name])");
 			continue;
 		}
 		memcpy(str, line, len + 1);
@@ -764,6 +767,8 @@ static void conf_validate(struct conf_parse *p)
 		const struct conf_key *k = &conf_keys[i];
 		char key[96];
 
+		if (p->bad[i])
+			continue;
 		snprintf(key, sizeof key, "%s.%s", k->section, k->name);
 		if (k->type == CT_LISTEN && c->n_listen == 0)
 			conf_err(p, p->set_line[i], key, "no listen address (expected %s)", k->expect);
