@@ -132,8 +132,8 @@ static int version_verdict(const char *path, unsigned found, char *err, size_t e
 	return 0;
 }
 
-/* Reads the version inside an open txn: 0 + *found_r (0 = no spool yet), or
- * -1 + err. */
+/* Reads the version inside an open txn: 1 + *found_r, 0 when there is no
+ * spool yet, or -1 + err. */
 static int read_version(MDB_txn *txn, const char *path, unsigned *found_r,
 			char *err, size_t errlen)
 {
@@ -172,7 +172,7 @@ static int read_version(MDB_txn *txn, const char *path, unsigned *found_r,
 		seterr(err, errlen, "spool %s: format version record damaged: %s", path, why);
 		return -1;
 	}
-	return 0;
+	return 1;
 }
 
 static int path_exists(const char *dir, const char *name, bool *yes_r,
@@ -234,10 +234,8 @@ int spool_version_check(const char *path, unsigned *found_r,
 	rc = read_version(txn, path, found_r, err, errlen);
 	mdb_txn_abort(txn);
 	mdb_env_close(env);
-	if (rc < 0)
-		return -1;
-	if (*found_r == 0)
-		return 0;
+	if (rc <= 0)
+		return rc;
 	return version_verdict(path, *found_r, err, errlen);
 }
 
@@ -1223,16 +1221,17 @@ static int setup_dbs(struct spool *sp, char *err, size_t errlen)
 {
 	MDB_txn *txn;
 	unsigned found;
-	int rc;
+	int rc, present;
 
 	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
 	if (rc != 0) {
 		seterr(err, errlen, "mdb_txn_begin %s: %s", sp->path, mdb_strerror(rc));
 		return -1;
 	}
-	if (read_version(txn, sp->path, &found, err, errlen) < 0)
+	present = read_version(txn, sp->path, &found, err, errlen);
+	if (present < 0)
 		goto fail;
-	if (found != 0 && version_verdict(sp->path, found, err, errlen) < 0) {
+	if (present && version_verdict(sp->path, found, err, errlen) < 0) {
 		evlog_emit(sp->log, EV_SPOOL_VERSION_REFUSED, EVF_S("path", sp->path),
 			   EVF_I("found", found), EVF_I("oldest", SPOOL_FORMAT_OLDEST),
 			   EVF_I("supported", SPOOL_FORMAT_VERSION));
@@ -1247,7 +1246,7 @@ static int setup_dbs(struct spool *sp, char *err, size_t errlen)
 		rc = mdb_dbi_open(txn, "quarantine", MDB_CREATE, &sp->db_quar);
 	/* Upgrades from older formats would run here, step by step, in this
 	 * same transaction; format 1 is the first, so there are none yet. */
-	if (rc == 0 && found != SPOOL_FORMAT_VERSION)
+	if (rc == 0 && (!present || found != SPOOL_FORMAT_VERSION))
 		rc = put_meta(sp, txn);
 	if (rc == 0)
 		rc = mdb_txn_commit(txn);
@@ -1258,7 +1257,7 @@ static int setup_dbs(struct spool *sp, char *err, size_t errlen)
 		       mdb_strerror(rc));
 		return -1;
 	}
-	if (found == 0)
+	if (!present)
 		evlog_emit(sp->log, EV_SPOOL_CREATED, EVF_S("path", sp->path),
 			   EVF_I("version", SPOOL_FORMAT_VERSION));
 	else if (found < SPOOL_FORMAT_VERSION)

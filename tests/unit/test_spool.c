@@ -1,0 +1,691 @@
+/*
+ * Unit tests for the spool: records, round trips, spilled bodies, format
+ * version, group commit from a libevent loop, abort, quarantine, reopen,
+ * free-space check and queue IDs.  Each test uses its own mkdtemp spool.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <event2/thread.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <lmdb.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "spool.h"
+#include "spool_record.h"
+
+struct fixture {
+	char dir[64];
+	char path[96];
+};
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof *f);
+
+	assert_non_null(f);
+	snprintf(f->dir, sizeof f->dir, "/tmp/carrier-spool-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	snprintf(f->path, sizeof f->path, "%s/spool", f->dir);
+	*state = f;
+	return 0;
+}
+
+static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(p);
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+static struct spool *open_spool(const char *path, size_t inline_max)
+{
+	struct spool_opts o;
+	char err[512] = "";
+	struct spool *sp;
+
+	spool_opts_init(&o);
+	o.space_margin = 0;
+	if (inline_max)
+		o.inline_max = inline_max;
+	sp = spool_open(path, &o, NULL, err, sizeof err);
+	if (sp == NULL)
+		fail_msg("spool_open %s: %s", path, err);
+	return sp;
+}
+
+/* A message with `n_rcpts` recipients and a body of `size` pattern bytes. */
+static struct spool_msg *make_msg(struct spool *sp, size_t n_rcpts, size_t size)
+{
+	char err[256], addr[64];
+	struct spool_msg *m = spool_msg_new(sp, err, sizeof err);
+	uint8_t chunk[4096];
+
+	assert_non_null(m);
+	assert_int_equal(spool_msg_set_sender(m, "alice@example.org"), 0);
+	for (size_t i = 0; i < n_rcpts; i++) {
+		snprintf(addr, sizeof addr, "rcpt%zu@example.net", i);
+		assert_int_equal(spool_msg_add_rcpt(m, addr, 0, NULL), 0);
+	}
+	for (size_t off = 0; off < size;) {
+		size_t n = size - off < sizeof chunk ? size - off : sizeof chunk;
+
+		for (size_t i = 0; i < n; i++)
+			chunk[i] = (uint8_t)((off + i) * 7 + 3);
+		assert_int_equal(spool_msg_append(m, chunk, n, err, sizeof err), 0);
+		off += n;
+	}
+	return m;
+}
+
+static void check_body(struct spool *sp, const char *qid, size_t size, bool in_file)
+{
+	struct spool_body *b = NULL;
+	char err[512] = "";
+	uint8_t buf[3000];
+	size_t off = 0, memlen;
+	ssize_t r;
+
+	assert_int_equal(spool_body_open(sp, qid, &b, err, sizeof err), 0);
+	assert_int_equal(spool_body_size(b), size);
+	if (in_file) {
+		assert_true(spool_body_fd(b) >= 0);
+		assert_null(spool_body_mem(b, &memlen));
+	} else {
+		assert_int_equal(spool_body_fd(b), -1);
+		assert_non_null(spool_body_mem(b, &memlen));
+		assert_int_equal(memlen, size);
+	}
+	while ((r = spool_body_read(b, buf, sizeof buf)) > 0) {
+		for (ssize_t i = 0; i < r; i++)
+			if (buf[i] != (uint8_t)((off + (size_t)i) * 7 + 3))
+				fail_msg("body byte %zu: got %u want %u", off + (size_t)i,
+					 buf[i], (uint8_t)((off + (size_t)i) * 7 + 3));
+		off += (size_t)r;
+	}
+	assert_int_equal(r, 0);
+	assert_int_equal(off, size);
+	spool_body_close(&b);
+	assert_null(b);
+}
+
+/* ---- records ---------------------------------------------------------- */
+
+static void test_record_crc(void **state)
+{
+	assert_int_equal(spool_record_crc32(0, "123456789", 9), 0xCBF43926u);
+	assert_int_equal(spool_record_crc32(spool_record_crc32(0, "1234", 4), "56789", 5),
+			 0xCBF43926u);
+}
+
+static void test_record_damage_detected(void **state)
+{
+	struct spool_rcpt r = { .addr = "bob@example.net", .notify = SPOOL_NOTIFY_FAILURE };
+	struct spool_envelope env = {
+		.qid = "0123456789ABCDEF", .sender = "", .rcpts = &r, .n_rcpts = 1,
+		.client_addr = "192.0.2.1", .client_helo = "client.example",
+	};
+	struct spool_envelope *got = NULL;
+	uint8_t *rec;
+	size_t len;
+	char err[256];
+
+	assert_int_equal(spool_record_encode_envelope(&env, &rec, &len), 0);
+	assert_int_equal(spool_record_decode_envelope(rec, len, &got, err, sizeof err), 0);
+	assert_string_equal(got->sender, "");
+	assert_string_equal(got->rcpts[0].addr, "bob@example.net");
+	spool_envelope_free(&got);
+	/* every truncation and every single-bit flip is refused */
+	for (size_t n = 0; n < len; n++) {
+		if (spool_record_decode_envelope(rec, n, &got, err, sizeof err) == 0)
+			fail_msg("truncated to %zu of %zu bytes: accepted", n, len);
+	}
+	for (size_t i = 0; i < len; i++) {
+		for (int bit = 0; bit < 8; bit++) {
+			rec[i] ^= (uint8_t)(1u << bit);
+			if (spool_record_decode_envelope(rec, len, &got, err, sizeof err) == 0)
+				fail_msg("bit %d of byte %zu flipped: accepted", bit, i);
+			rec[i] ^= (uint8_t)(1u << bit);
+		}
+	}
+	free(rec);
+}
+
+/* ---- messages --------------------------------------------------------- */
+
+static void test_round_trip(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path, 0);
+	struct spool_envelope *env = NULL;
+	char err[256] = "", qid[SPOOL_QID_SIZE];
+	struct spool_msg *m = spool_msg_new(sp, err, sizeof err);
+	const char body[] = "Received: from x\r\nSubject: hi\r\n\r\nhello\r\n";
+
+	assert_int_equal(spool_msg_set_sender(m, "alice@example.org"), 0);
+	assert_int_equal(spool_msg_set_dsn(m, SPOOL_RET_HDRS, "env-42"), 0);
+	spool_msg_set_body_type(m, SPOOL_BODY_8BITMIME);
+	spool_msg_set_smtputf8(m, true);
+	assert_int_equal(spool_msg_set_client(m, "2001:db8::1", "mx.example.org"), 0);
+	spool_msg_set_arrival(m, 1700000000);
+	assert_int_equal(spool_msg_add_rcpt(m, "bob@example.net",
+					    SPOOL_NOTIFY_SUCCESS | SPOOL_NOTIFY_FAILURE,
+					    "rfc822;bob@example.net"), 0);
+	assert_int_equal(spool_msg_add_rcpt(m, "carol@example.net", SPOOL_NOTIFY_NEVER, NULL), 0);
+	assert_int_equal(spool_msg_add_rcpt(m, "dave@example.net", 0, "utf-8;dave@example.net"), 0);
+	assert_int_equal(spool_msg_append(m, body, sizeof body - 1, err, sizeof err), 0);
+	assert_int_equal(spool_commit(sp, &m, qid, err, sizeof err), 0);
+	assert_null(m);
+
+	assert_int_equal(spool_load(sp, qid, &env, err, sizeof err), 0);
+	assert_string_equal(env->qid, qid);
+	assert_string_equal(env->sender, "alice@example.org");
+	assert_int_equal(env->dsn_ret, SPOOL_RET_HDRS);
+	assert_string_equal(env->envid, "env-42");
+	assert_int_equal(env->body_type, SPOOL_BODY_8BITMIME);
+	assert_true(env->smtputf8);
+	assert_string_equal(env->client_addr, "2001:db8::1");
+	assert_string_equal(env->client_helo, "mx.example.org");
+	assert_int_equal(env->arrival, 1700000000);
+	assert_int_equal(env->size, sizeof body - 1);
+	assert_false(env->body_in_file);
+	assert_int_equal(env->n_rcpts, 3);
+	assert_string_equal(env->rcpts[0].addr, "bob@example.net");
+	assert_int_equal(env->rcpts[0].notify, SPOOL_NOTIFY_SUCCESS | SPOOL_NOTIFY_FAILURE);
+	assert_string_equal(env->rcpts[0].orcpt, "rfc822;bob@example.net");
+	assert_int_equal(env->rcpts[1].notify, SPOOL_NOTIFY_NEVER);
+	assert_null(env->rcpts[1].orcpt);
+	assert_string_equal(env->rcpts[2].orcpt, "utf-8;dave@example.net");
+	for (size_t i = 0; i < 3; i++) {
+		assert_int_equal(env->rcpts[i].state, SPOOL_RCPT_QUEUED);
+		assert_int_equal(env->rcpts[i].attempts, 0);
+		assert_null(env->rcpts[i].last_reply);
+	}
+	spool_envelope_free(&env);
+
+	struct spool_body *b = NULL;
+	size_t len;
+	assert_int_equal(spool_body_open(sp, qid, &b, err, sizeof err), 0);
+	assert_memory_equal(spool_body_mem(b, &len), body, sizeof body - 1);
+	spool_body_close(&b);
+	assert_int_equal(spool_load(sp, "0000000000000000", &env, err, sizeof err), 1);
+	spool_close(&sp);
+	assert_null(sp);
+}
+
+static void test_large_body_spills(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path, 0);   /* default inline_max 64 KiB */
+	size_t size = 3 * 1024 * 1024 + 17;
+	struct spool_msg *m = make_msg(sp, 1, size);
+	char err[256] = "", qid[SPOOL_QID_SIZE], p[256];
+	struct stat st;
+
+	snprintf(p, sizeof p, "%s/body/%s.tmp", f->path, spool_msg_qid(m));
+	assert_int_equal(stat(p, &st), 0);   /* spilled while appending */
+	assert_int_equal(spool_commit(sp, &m, qid, err, sizeof err), 0);
+	assert_int_not_equal(stat(p, &st), 0);
+	snprintf(p, sizeof p, "%s/body/%s", f->path, qid);
+	assert_int_equal(stat(p, &st), 0);
+	assert_int_equal(st.st_size, size);
+	check_body(sp, qid, size, true);
+
+	/* exactly inline_max stays inline */
+	m = make_msg(sp, 1, 64 * 1024);
+	assert_int_equal(spool_commit(sp, &m, qid, err, sizeof err), 0);
+	check_body(sp, qid, 64 * 1024, false);
+	spool_close(&sp);
+}
+
+static void test_abort_removes_partial(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path, 1024);
+	struct spool_msg *m = make_msg(sp, 2, 5000);
+	char p[256];
+	struct stat st;
+
+	snprintf(p, sizeof p, "%s/body/%s.tmp", f->path, spool_msg_qid(m));
+	assert_int_equal(stat(p, &st), 0);
+	spool_msg_abort(&m);
+	assert_null(m);
+	assert_int_equal(stat(p, &st), -1);
+	assert_int_equal(errno, ENOENT);
+	spool_close(&sp);
+}
+
+static void test_refused_before_queueing(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path, 1024);
+	struct spool_msg *m = make_msg(sp, 0, 5000);
+	char err[256] = "";
+
+	assert_int_equal(spool_commit(sp, &m, NULL, err, sizeof err), -1);
+	assert_non_null(strstr(err, "no recipient"));
+	spool_close(&sp);
+}
+
+/* ---- format version ---------------------------------------------------- */
+
+static void raw_put(const char *path, const char *dbname, const void *key, size_t klen,
+		    const void *val, size_t vlen)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = { klen, (void *)key }, v = { vlen, (void *)val };
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, path, 0, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, dbname, 0, &dbi), 0);
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	mdb_env_close(env);
+}
+
+/* Flips one byte of the value stored under key, through raw LMDB. */
+static void raw_flip(const char *path, const char *dbname, const char *key, size_t at)
+{
+	MDB_env *env;
+	MDB_txn *txn;
+	MDB_dbi dbi;
+	MDB_val k = { strlen(key), (void *)key }, v;
+	uint8_t *copy;
+
+	assert_int_equal(mdb_env_create(&env), 0);
+	assert_int_equal(mdb_env_set_maxdbs(env, 8), 0);
+	assert_int_equal(mdb_env_open(env, path, 0, 0600), 0);
+	assert_int_equal(mdb_txn_begin(env, NULL, 0, &txn), 0);
+	assert_int_equal(mdb_dbi_open(txn, dbname, 0, &dbi), 0);
+	assert_int_equal(mdb_get(txn, dbi, &k, &v), 0);
+	assert_true(at < v.mv_size);
+	copy = malloc(v.mv_size);
+	memcpy(copy, v.mv_data, v.mv_size);
+	copy[at] ^= 0x40;
+	v.mv_data = copy;
+	assert_int_equal(mdb_put(txn, dbi, &k, &v, 0), 0);
+	assert_int_equal(mdb_txn_commit(txn), 0);
+	free(copy);
+	mdb_env_close(env);
+}
+
+static void test_version(void **state)
+{
+	struct fixture *f = *state;
+	char err[512] = "";
+	unsigned found = 77;
+	struct stat st;
+	struct spool *sp;
+	uint8_t *rec;
+	size_t len;
+
+	/* absent directory: fine, and nothing is created */
+	assert_int_equal(spool_version_check(f->path, &found, err, sizeof err), 0);
+	assert_int_equal(found, 0);
+	assert_int_equal(stat(f->path, &st), -1);
+	/* a new spool gets the current version */
+	sp = open_spool(f->path, 0);
+	spool_close(&sp);
+	assert_int_equal(spool_version_check(f->path, &found, err, sizeof err), 0);
+	assert_int_equal(found, SPOOL_FORMAT_VERSION);
+	/* a newer one is refused, by the check and by open, naming both */
+	assert_int_equal(spool_record_encode_meta(SPOOL_FORMAT_VERSION + 98, &rec, &len), 0);
+	raw_put(f->path, "meta", "format_version", 14, rec, len);
+	free(rec);
+	assert_int_equal(spool_version_check(f->path, &found, err, sizeof err), -1);
+	assert_int_equal(found, SPOOL_FORMAT_VERSION + 98);
+	assert_non_null(strstr(err, "format version 99"));
+	assert_non_null(strstr(err, "version 1 "));
+	assert_null(spool_open(f->path, NULL, NULL, err, sizeof err));
+	assert_non_null(strstr(err, "format version 99, newer than version 1"));
+	/* older than supported: refused with the exact reason */
+	assert_int_equal(spool_record_encode_meta(0, &rec, &len), 0);
+	raw_put(f->path, "meta", "format_version", 14, rec, len);
+	free(rec);
+	assert_int_equal(spool_version_check(f->path, &found, err, sizeof err), -1);
+	assert_non_null(strstr(err, "format version 0, older than version 1"));
+}
+
+static void test_version_empty_dir(void **state)
+{
+	struct fixture *f = *state;
+	char err[256] = "";
+	unsigned found = 5;
+
+	assert_int_equal(mkdir(f->path, 0700), 0);
+	assert_int_equal(spool_version_check(f->path, &found, err, sizeof err), 0);
+	assert_int_equal(found, 0);
+}
+
+/* ---- group commit from a libevent loop ------------------------------- */
+
+static int count_pending(void *arg, const struct spool_envelope *env)
+{
+	(*(int *)arg)++;
+	return 0;
+}
+
+
+struct gc_state {
+	struct event_base *base;
+	struct spool *sp;
+	struct event *tick;
+	int done, failed, want, submitted;
+	char last_qid[SPOOL_QID_SIZE];
+	bool order_ok;
+};
+
+static void gc_done(void *arg, int rc, const char *qid, const char *err)
+{
+	struct gc_state *s = arg;
+
+	if (rc != 0) {
+		s->failed++;
+		print_error("commit %s failed: %s\n", qid, err);
+	}
+	if (strcmp(qid, s->last_qid) <= 0)
+		s->order_ok = false;
+	snprintf(s->last_qid, sizeof s->last_qid, "%s", qid);
+	if (++s->done == s->want)
+		event_base_loopbreak(s->base);
+}
+
+static void gc_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	event_base_loopbreak(arg);
+}
+
+/* Submits 8 messages per tick, like sessions finishing DATA while earlier
+ * commits are still in flight. */
+static void gc_submit(evutil_socket_t fd, short what, void *arg)
+{
+	struct gc_state *s = arg;
+	char err[256] = "";
+
+	for (int k = 0; k < 8 && s->submitted < s->want; k++, s->submitted++) {
+		int i = s->submitted;
+		/* every 10th message spills to a file */
+		struct spool_msg *m = make_msg(s->sp, 1 + (size_t)i % 3, i % 10 ? 300 : 10000);
+
+		assert_int_equal(spool_commit_async(s->sp, &m, s->base, gc_done, s,
+						    err, sizeof err), 0);
+	}
+	if (s->submitted == s->want)
+		event_del(s->tick);
+}
+
+static void test_group_commit(void **state)
+{
+	struct fixture *f = *state;
+	struct gc_state s = { .want = 200, .order_ok = true };
+	struct spool *sp = open_spool(f->path, 4096);
+	struct spool_stats st;
+	struct timeval limit = { 30, 0 }, tick = { 0, 200 };
+	struct event *timer;
+	char err[256] = "";
+
+	assert_int_equal(evthread_use_pthreads(), 0);
+	s.base = event_base_new();
+	assert_non_null(s.base);
+	s.sp = sp;
+	timer = evtimer_new(s.base, gc_timeout, s.base);
+	evtimer_add(timer, &limit);
+	s.tick = event_new(s.base, -1, EV_PERSIST, gc_submit, &s);
+	event_add(s.tick, &tick);
+	event_base_dispatch(s.base);
+	event_free(s.tick);
+	assert_int_equal(s.done, s.want);
+	assert_int_equal(s.failed, 0);
+	assert_true(s.order_ok);
+	spool_stats(sp, &st);
+	assert_int_equal(st.messages_committed, 200);
+	print_message("group commit: %llu messages in %llu commits (%.1f per commit, max batch %llu, %llu fsyncs)\n",
+		      (unsigned long long)st.messages_committed,
+		      (unsigned long long)st.commits,
+		      (double)st.messages_committed / (double)st.commits,
+		      (unsigned long long)st.max_batch, (unsigned long long)st.fsyncs);
+	assert_true(st.commits < st.messages_committed);
+	assert_true(st.max_batch > 1);
+
+	/* all 200 are pending and readable */
+	int count = 0;
+	assert_int_equal(spool_foreach_pending(sp, count_pending, &count, err, sizeof err), 0);
+	assert_int_equal(count, 200);
+	spool_close(&sp);
+	event_free(timer);
+	event_base_free(s.base);
+}
+
+/* ---- quarantine -------------------------------------------------------- */
+
+struct qlist {
+	int n;
+	char qid[4][64];
+	char reason[4][256];
+};
+
+static int collect_quarantined(void *arg, const char *qid, const char *reason, int64_t when)
+{
+	struct qlist *q = arg;
+
+	if (q->n < 4) {
+		snprintf(q->qid[q->n], sizeof q->qid[0], "%s", qid);
+		snprintf(q->reason[q->n], sizeof q->reason[0], "%s", reason);
+	}
+	q->n++;
+	return 0;
+}
+
+static void test_corrupt_quarantined(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path, 1024);
+	char err[512] = "", qid[5][SPOOL_QID_SIZE], p[256];
+	struct spool_envelope *env = NULL;
+	struct spool_stats st;
+	struct qlist q = { 0 };
+	struct stat sb;
+	int n = 0;
+
+	for (int i = 0; i < 5; i++) {
+		struct spool_msg *m = make_msg(sp, 2, i == 3 ? 5000 : 100);
+
+		assert_int_equal(spool_commit(sp, &m, qid[i], err, sizeof err), 0);
+	}
+	spool_close(&sp);
+	raw_flip(f->path, "env", qid[1], 30);      /* envelope: found at open */
+	raw_flip(f->path, "env", qid[3], 40);      /* envelope with a body file */
+	raw_flip(f->path, "body", qid[2], 20);     /* inline body: found at read */
+
+	sp = open_spool(f->path, 1024);
+	spool_stats(sp, &st);
+	assert_int_equal(st.quarantined, 2);
+	assert_int_equal(spool_foreach_quarantined(sp, collect_quarantined, &q, err, sizeof err), 0);
+	assert_int_equal(q.n, 2);
+	assert_string_equal(q.qid[0], qid[1]);
+	assert_string_equal(q.qid[1], qid[3]);
+	assert_non_null(strstr(q.reason[0], "CRC mismatch"));
+	snprintf(p, sizeof p, "%s/quarantine/%s", f->path, qid[3]);
+	assert_int_equal(stat(p, &sb), 0);         /* body moved along */
+	snprintf(p, sizeof p, "%s/body/%s", f->path, qid[3]);
+	assert_int_equal(stat(p, &sb), -1);
+
+	assert_int_equal(spool_load(sp, qid[1], &env, err, sizeof err), 1);
+	assert_int_equal(spool_load(sp, qid[0], &env, err, sizeof err), 0);
+	spool_envelope_free(&env);
+	check_body(sp, qid[0], 100, false);
+	check_body(sp, qid[4], 100, false);
+
+	struct spool_body *b = NULL;
+	assert_int_equal(spool_body_open(sp, qid[2], &b, err, sizeof err), -1);
+	assert_non_null(strstr(err, "quarantined"));
+	assert_int_equal(spool_load(sp, qid[2], &env, err, sizeof err), 1);
+	q.n = 0;
+	assert_int_equal(spool_foreach_quarantined(sp, collect_quarantined, &q, err, sizeof err), 0);
+	assert_int_equal(q.n, 3);
+	assert_int_equal(spool_foreach_pending(sp, count_pending, &n, err, sizeof err), 0);
+	assert_int_equal(n, 2);
+	spool_close(&sp);
+}
+
+/* ---- reopen, update, remove ------------------------------------------- */
+
+static void test_reopen_update_remove(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path, 1024);
+	char err[512] = "", qid[10][SPOOL_QID_SIZE], next[SPOOL_QID_SIZE], p[256];
+	struct spool_envelope *env = NULL;
+	struct stat sb;
+	int n = 0;
+
+	for (int i = 0; i < 10; i++) {
+		struct spool_msg *m = make_msg(sp, 2, i == 0 ? 4000 : 10 * (size_t)i);
+
+		assert_int_equal(spool_commit(sp, &m, qid[i], err, sizeof err), 0);
+	}
+	spool_close(&sp);
+	sp = open_spool(f->path, 1024);
+	assert_int_equal(spool_foreach_pending(sp, count_pending, &n, err, sizeof err), 0);
+	assert_int_equal(n, 10);
+	check_body(sp, qid[0], 4000, true);
+	check_body(sp, qid[9], 90, false);
+	/* queue IDs keep increasing across a reopen */
+	spool_qid_new(sp, next);
+	assert_true(strcmp(next, qid[9]) > 0);
+
+	assert_int_equal(spool_rcpt_update(sp, qid[0], 0, SPOOL_RCPT_DELIVERED,
+					   "250 2.0.0 ok", 0, err, sizeof err), 0);
+	assert_int_equal(spool_remove(sp, qid[0], err, sizeof err), -1);
+	assert_non_null(strstr(err, "recipients pending"));
+	assert_int_equal(spool_rcpt_update(sp, qid[0], 1, SPOOL_RCPT_DEFERRED,
+					   "451 4.3.0 later", 1800000000, err, sizeof err), 0);
+	assert_int_equal(spool_rcpt_update(sp, qid[0], 2, SPOOL_RCPT_FAILED,
+					   "x", 0, err, sizeof err), 1);
+	assert_int_equal(spool_load(sp, qid[0], &env, err, sizeof err), 0);
+	assert_int_equal(env->rcpts[0].state, SPOOL_RCPT_DELIVERED);
+	assert_string_equal(env->rcpts[0].last_reply, "250 2.0.0 ok");
+	assert_int_equal(env->rcpts[1].state, SPOOL_RCPT_DEFERRED);
+	assert_int_equal(env->rcpts[1].attempts, 1);
+	assert_int_equal(env->rcpts[1].next_attempt, 1800000000);
+	spool_envelope_free(&env);
+	assert_int_equal(spool_rcpt_update(sp, qid[0], 1, SPOOL_RCPT_FAILED,
+					   "550 5.1.1 no such user", 0, err, sizeof err), 0);
+	assert_int_equal(spool_remove(sp, qid[0], err, sizeof err), 0);
+	assert_int_equal(spool_load(sp, qid[0], &env, err, sizeof err), 1);
+	snprintf(p, sizeof p, "%s/body/%s", f->path, qid[0]);
+	assert_int_equal(stat(p, &sb), -1);
+	n = 0;
+	assert_int_equal(spool_foreach_pending(sp, count_pending, &n, err, sizeof err), 0);
+	assert_int_equal(n, 9);
+	spool_close(&sp);
+}
+
+static void test_orphans_swept(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path, 1024);
+	char p1[256], p2[256], q[SPOOL_QID_SIZE];
+	struct stat sb;
+	int fd;
+
+	spool_qid_new(sp, q);
+	spool_close(&sp);
+	snprintf(p1, sizeof p1, "%s/body/%s", f->path, q);
+	snprintf(p2, sizeof p2, "%s/body/%s.tmp", f->path, q);
+	assert_true((fd = open(p1, O_CREAT | O_WRONLY, 0600)) >= 0);
+	close(fd);
+	assert_true((fd = open(p2, O_CREAT | O_WRONLY, 0600)) >= 0);
+	close(fd);
+	sp = open_spool(f->path, 1024);
+	assert_int_equal(stat(p1, &sb), -1);
+	assert_int_equal(stat(p2, &sb), -1);
+	spool_close(&sp);
+}
+
+static void test_in_use_refused(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path, 0);
+	char err[512] = "";
+
+	assert_null(spool_open(f->path, NULL, NULL, err, sizeof err));
+	assert_non_null(strstr(err, "in use"));
+	spool_close(&sp);
+}
+
+/* ---- space, queue IDs ------------------------------------------------- */
+
+static void test_space_check(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path, 0);
+	char err[512] = "";
+
+	assert_int_equal(spool_space_ok(sp, 1000, err, sizeof err), 0);
+	assert_int_equal(spool_space_ok(sp, (uint64_t)1 << 62, err, sizeof err), -1);
+	assert_non_null(strstr(err, "bytes free on the filesystem of"));
+	assert_int_equal(spool_space_ok(sp, UINT64_MAX, err, sizeof err), -1);
+	spool_close(&sp);
+}
+
+static void test_qids_unique_sorted(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path, 0);
+	char prev[SPOOL_QID_SIZE] = "", cur[SPOOL_QID_SIZE];
+
+	for (int i = 0; i < 100000; i++) {
+		spool_qid_new(sp, cur);
+		assert_int_equal(strlen(cur), SPOOL_QID_LEN);
+		assert_true(spool_record_qid_valid(cur, SPOOL_QID_LEN));
+		if (strcmp(prev, cur) >= 0)
+			fail_msg("qid %d: %s after %s", i, cur, prev);
+		memcpy(prev, cur, sizeof cur);
+	}
+	spool_close(&sp);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(test_record_crc),
+		cmocka_unit_test(test_record_damage_detected),
+		cmocka_unit_test_setup_teardown(test_round_trip, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_large_body_spills, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_abort_removes_partial, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_refused_before_queueing, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_version, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_version_empty_dir, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_group_commit, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_corrupt_quarantined, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_reopen_update_remove, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_orphans_swept, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_in_use_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_space_check, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_qids_unique_sorted, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
