@@ -127,6 +127,11 @@ static void print_text(const struct diag_report *rep, int rc)
 		const struct evlog_def *d = r->event ? evlog_def_by_id(r->event) : NULL;
 		if (d)
 			printf("      event: %d %s\n", d->id, d->name);
+		/* Several drifts share one cause and remedy: say them once. */
+		const struct diag_result *p = i ? &rep->v[i - 1] : NULL;
+		if (p && p->status != DIAG_OK && p->event == r->event &&
+		    !strcmp(p->cause, r->cause) && !strcmp(p->remedy, r->remedy))
+			continue;
 		if (r->cause[0])
 			printf("      cause: %s\n", r->cause);
 		if (r->remedy[0])

@@ -167,6 +167,15 @@ static bool listen_is_wildcard(const struct conf_listen *l)
 	return false;
 }
 
+static bool listen_is_loopback(const struct conf_listen *l)
+{
+	if (l->addr.ss_family == AF_INET)
+		return (ntohl(((const struct sockaddr_in *)&l->addr)->sin_addr.s_addr) >> 24) == 127;
+	if (l->addr.ss_family == AF_INET6)
+		return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)&l->addr)->sin6_addr);
+	return false;
+}
+
 /* Reads a small integer from a /proc/sys file; `def` when unreadable. */
 static long read_sysctl(const char *path, long def)
 {
@@ -921,10 +930,26 @@ int diag_run_startup(const struct carrier_conf *conf, unsigned flags,
 	int rc = 0;
 	int net = diag_check_netstack(conf, log, rep);
 	rc = first(rc, net);
-	rc = first(rc, diag_check_loopback(log, rep));
+	int lo = diag_check_loopback(log, rep);
+	rc = first(rc, lo);
 	bool *addr_failed = calloc(conf->n_listen ? conf->n_listen : 1, sizeof *addr_failed);
 	for (size_t i = 0; i < conf->n_listen; i++) {
-		int r = diag_check_address(&conf->listen[i], log, rep);
+		int r;
+		if (lo && listen_is_loopback(&conf->listen[i])) {
+			/* The loopback failure above is the cause; saying the
+			 * address is "not configured" would send the operator
+			 * looking in the wrong place. */
+			char lt[DIAG_LISTEN_TEXT_MAX];
+			diag_report_add(rep, "address", DIAG_FAIL, lo,
+					"%s: a loopback address, unusable until interface lo is up",
+					diag_listen_format(&conf->listen[i], lt, sizeof lt));
+			if (rep && rep->n)
+				snprintf(rep->v[rep->n - 1].remedy, sizeof rep->v[rep->n - 1].remedy,
+					 "ip link set lo up");
+			r = lo;
+		} else {
+			r = diag_check_address(&conf->listen[i], log, rep);
+		}
 		if (addr_failed)
 			addr_failed[i] = r != 0;
 		rc = first(rc, r);
