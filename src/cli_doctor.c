@@ -17,9 +17,11 @@
  * same status carrierd would exit with (10 for the configuration);
  * DIAG_EXIT_USAGE (2) for a bad command line.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "cli.h"
 #include "conf.h"
@@ -205,8 +207,16 @@ int cli_doctor_main(int argc, char **argv)
 		snprintf(path, sizeof path, "%s/%s", conf->spool_path, DIAG_BASELINE_FILE);
 	else
 		path[0] = '\0';
-	if (path[0] && o.save_baseline)
+	if (path[0] && o.save_baseline) {
+		/* The default baseline lives in the spool: when the spool does
+		 * not exist yet, create it as carrierd would (0700, owned by
+		 * server.user), not as a root-owned directory that the spool
+		 * check would then refuse. */
+		struct stat st;
+		if (!o.baseline && conf && stat(conf->spool_path, &st) < 0 && errno == ENOENT)
+			diag_check_spool(conf, DIAG_F_MODIFY, NULL, &rep);
 		diag_save_baseline(path, o.resolv_conf, NULL, &rep);
+	}
 	else if (path[0])
 		diag_check_drift(path, o.resolv_conf, NULL, &rep);
 	else if (o.save_baseline)
