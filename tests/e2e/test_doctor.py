@@ -125,6 +125,48 @@ def test_port_in_use_names_the_holder(tmp):
         holder.wait(10)
 
 
+needs_setpriv = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
+                                   reason="needs root and setpriv")
+
+
+def doctor_as_nobody(*args):
+    return subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                           str(CARRIER), "doctor", *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+
+
+@needs_setpriv
+def test_holder_hidden_from_this_user(tmp):
+    """Root holds the port; an unprivileged doctor cannot read root's
+    /proc/PID/fd and says so instead of guessing."""
+    port = free_port()
+    conf = write_conf(tmp, f"127.0.0.1:{port}")
+    conf.chmod(0o644)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+        s.listen()
+        r = doctor_as_nobody("-c", conf)
+    assert r.returncode == EXIT_LISTEN, r.stdout + r.stderr
+    assert (f"FAIL  listener: 127.0.0.1:{port} is already in use, held by a process "
+            "this user cannot see") in r.stdout, r.stdout
+    assert "of uid 0 is listening" in r.stdout
+    assert f"ss -ltnp 'sport = :{port}'" in r.stdout
+
+
+@needs_setpriv
+def test_privileged_port_names_the_privilege(tmp):
+    limit = int(pathlib.Path("/proc/sys/net/ipv4/ip_unprivileged_port_start").read_text())
+    if limit <= 25:
+        pytest.skip("unprivileged users may bind port 25 on this host")
+    conf = write_conf(tmp, "127.0.0.1:25")
+    conf.chmod(0o644)
+    r = doctor_as_nobody("-c", conf)
+    assert r.returncode == 15, r.stdout + r.stderr
+    assert (f"FAIL  listener: 127.0.0.1:25: port 25 is below {limit} and uid 65534 "
+            "has no privilege to bind it") in r.stdout, r.stdout
+    assert "cap_net_bind_service" in r.stdout
+
+
 @needs_netns
 def test_unconfigured_address_is_named(tmp):
     port = free_port()
