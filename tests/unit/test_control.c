@@ -32,6 +32,7 @@
 #include <event2/event.h>
 #include <event2/thread.h>
 
+#include "cli.h"
 #include "control.h"
 #include "control_proto.h"
 #include "evlog.h"
@@ -1010,6 +1011,73 @@ static void test_server_emfile(void **state)
 	server_free(s);
 }
 
+/* Runs cli_status_main with stdout captured into out (NUL-terminated). */
+static int run_status(const char *conf, bool json, char *out, size_t size)
+{
+	char *argv[] = { "status", "-c", (char *)conf, "--json", NULL };
+	char tmpl[] = "/tmp/test_control_out.XXXXXX";
+	int tmp = mkstemp(tmpl), saved, rc;
+	ssize_t n;
+
+	assert_true(tmp >= 0);
+	unlink(tmpl);
+	fflush(stdout);
+	saved = dup(1);
+	assert_int_equal(dup2(tmp, 1), 1);
+	rc = cli_status_main(json ? 4 : 3, argv);
+	fflush(stdout);
+	assert_int_equal(dup2(saved, 1), 1);
+	close(saved);
+	n = pread(tmp, out, size - 1, 0);
+	assert_true(n >= 0);
+	out[n] = '\0';
+	close(tmp);
+	return rc;
+}
+
+static void test_cli_status(void **state)
+{
+	struct server *s = server_new(&default_auth);
+	char conf[200], out[4096], want[512], dir[64];
+	FILE *f;
+
+	snprintf(conf, sizeof conf, "%s/carrier.conf", s->dir);
+	f = fopen(conf, "w");
+	assert_non_null(f);
+	fprintf(f, "[control]\nsocket = %s\n", s->path);
+	fclose(f);
+
+	assert_int_equal(run_status(conf, false, out, sizeof out), 0);
+	snprintf(want, sizeof want,
+		 "carrierd: running\n"
+		 "  pid:       4242\n"
+		 "  version:   9.9.9\n"
+		 "  uptime:    1h 1m 1s\n"
+		 "  listeners: 127.0.0.1:2525, [::1]:2525\n"
+		 "  spool:     ./var/spool\n"
+		 "  socket:    %s\n"
+		 "  caller:    0\n", s->path);
+	assert_string_equal(out, want);
+
+	assert_int_equal(run_status(conf, true, out, sizeof out), 0);
+	snprintf(want, sizeof want,
+		 "{\"running\":true,\"pid\":4242,\"version\":\"9.9.9\",\"uptime\":3661,"
+		 "\"spool\":\"./var/spool\",\"listeners\":[\"127.0.0.1:2525\",\"[::1]:2525\"],"
+		 "\"socket\":\"%s\",\"caller\":\"0\"}\n", s->path);
+	assert_string_equal(out, want);
+	assert_int_equal(atomic_load(&s->status_calls), 2);
+
+	/* Stopped: exit 3, and the reason names the socket. */
+	strcpy(dir, s->dir);
+	server_free(s);
+	assert_int_equal(run_status(conf, false, out, sizeof out), 3);
+	assert_non_null(strstr(out, "carrierd is not running (no socket at "));
+	assert_int_equal(run_status(conf, true, out, sizeof out), 3);
+	assert_non_null(strstr(out, "{\"running\":false,\"reason\":\"carrierd is not running"));
+	unlink(conf);
+	rmdir(dir);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -1032,6 +1100,7 @@ int main(void)
 		cmocka_unit_test(test_client_not_running),
 		cmocka_unit_test(test_server_refuses_live_socket),
 		cmocka_unit_test(test_server_emfile),
+		cmocka_unit_test(test_cli_status),
 	};
 
 	/* The tests stop the loop from the main thread. */
