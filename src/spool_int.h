@@ -1,0 +1,123 @@
+/*
+ * spool_int: what spool.c and spool_read.c share; not for other modules
+ * (they use spool.h).  Holds struct spool and small helpers.
+ */
+#ifndef CARRIER_SPOOL_INT_H
+#define CARRIER_SPOOL_INT_H
+
+#include <lmdb.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "spool.h"
+
+#define MAX_STR (64 * 1024)
+#define ERRLEN 256
+
+struct pending;
+
+struct spool {
+	char *path;
+	struct spool_opts opts;
+	struct evlog *log;
+	MDB_env *env;
+	MDB_dbi db_meta, db_env, db_body, db_quar;
+	int dirfd, bodyfd, quarfd, lockfd;
+
+	pthread_mutex_t mu;        /* queue, stopping, stats */
+	pthread_cond_t cv;
+	struct pending *head, **tail;
+	bool stopping, thread_started;
+	pthread_t thread;
+	struct spool_stats stats;
+
+	pthread_mutex_t qid_mu;    /* queue-ID generator */
+	uint64_t qid_us;
+	uint32_t qid_ctr;
+};
+
+static inline void seterr(char *err, size_t errlen, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+static inline void seterr(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (err == NULL || errlen == 0)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
+static inline int64_t now_s(void)
+{
+	return (int64_t)time(NULL);
+}
+
+static inline void stats_add(struct spool *sp, uint64_t *field, uint64_t n)
+{
+	pthread_mutex_lock(&sp->mu);
+	*field += n;
+	pthread_mutex_unlock(&sp->mu);
+}
+
+static inline bool str_ok(const char *s)
+{
+	return s != NULL && strlen(s) <= MAX_STR;
+}
+
+/* Replaces *dst by a copy of s (NULL allowed when `nullable`). */
+static inline int set_str(char **dst, const char *s, bool nullable)
+{
+	char *c = NULL;
+
+	if (s == NULL && !nullable)
+		return -1;
+	if (s != NULL) {
+		if (!str_ok(s) || (c = strdup(s)) == NULL)
+			return -1;
+	}
+	free(*dst);
+	*dst = c;
+	return 0;
+}
+
+static inline const char *mdb_reason(struct spool *sp, int rc, char *buf, size_t len)
+{
+	if (rc == MDB_MAP_FULL)
+		snprintf(buf, len, "LMDB map full (spool.map_size is %zu bytes)",
+			 sp->opts.map_size);
+	else
+		snprintf(buf, len, "%s", mdb_strerror(rc));
+	return buf;
+}
+
+/* Damaged keys met while walking a read transaction, quarantined after. */
+struct spool_badlist {
+	struct spool_bad {
+		uint8_t key[512];
+		size_t keylen;
+		char reason[ERRLEN];
+	} *v;
+	size_t n, cap;
+};
+
+/* spool_read.c */
+void spool_read_bad_add(struct spool_badlist *b, const MDB_val *k, const char *reason);
+/* Quarantines every listed key, then empties the list. */
+void spool_read_bad_flush(struct spool *sp, struct spool_badlist *b);
+/* Decodes the envelope under k and checks it is stored under its qid;
+ * 0, or -1 with the reason in why. */
+int spool_read_decode_env(const MDB_val *k, const MDB_val *v,
+			  struct spool_envelope **env_r, char *why, size_t whylen);
+/* Moves the message under `key` to quarantine (event included): 0, 1 if
+ * absent, -1 + err. */
+int spool_read_quarantine_key(struct spool *sp, const MDB_val *key,
+			      const char *reason, char *err, size_t errlen);
+
+#endif

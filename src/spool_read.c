@@ -1,0 +1,594 @@
+/*
+ * spool_read: the spool's read and update side (see spool.h): walking
+ * pending messages, loading envelopes and bodies, per-recipient results,
+ * removal, and quarantine of damaged records.
+ *
+ * Runs synchronously on the calling thread (delivery, scheduler, control)
+ * with its own LMDB transactions; never on the spool thread.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "evlog.h"
+#include "spool_int.h"
+#include "spool_record.h"
+
+struct spool_body {
+	uint8_t *mem;
+	int fd;
+	uint64_t size, pos;
+};
+
+/* ---- quarantine ------------------------------------------------------- */
+
+/* Printable form of an LMDB key for events and reasons. */
+static void key_text(const MDB_val *k, char *buf, size_t len)
+{
+	const uint8_t *p = k->mv_data;
+	size_t o = 0;
+
+	for (size_t i = 0; i < k->mv_size && o + 5 < len; i++) {
+		if (p[i] >= 0x21 && p[i] < 0x7f)
+			buf[o++] = (char)p[i];
+		else
+			o += (size_t)snprintf(buf + o, len - o, "\\x%02x", p[i]);
+	}
+	buf[o] = '\0';
+}
+
+/* Moves the body file of `qid` between body/ and quarantine/. */
+static int move_body(struct spool *sp, const char *qid, bool to_quarantine)
+{
+	int from = to_quarantine ? sp->bodyfd : sp->quarfd;
+	int to = to_quarantine ? sp->quarfd : sp->bodyfd;
+
+	if (renameat(from, qid, to, qid) < 0)
+		return errno == ENOENT ? 0 : -1;
+	fsync(to);
+	fsync(from);
+	return 1;
+}
+
+static int quarantine_txn(struct spool *sp, const MDB_val *key, const char *reason,
+			  char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	MDB_val v, qv;
+	uint8_t *rec = NULL;
+	size_t reclen = 0;
+	int rc;
+
+	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
+	if (rc != 0)
+		goto out;
+	rc = mdb_get(txn, sp->db_env, (MDB_val *)key, &v);
+	if (rc == MDB_NOTFOUND) {
+		mdb_txn_abort(txn);
+		return 1;
+	}
+	if (rc == 0 && spool_record_encode_quarantine(reason, now_s(), v.mv_data,
+						      v.mv_size, &rec, &reclen) < 0)
+		rc = ENOMEM;
+	qv.mv_data = rec;
+	qv.mv_size = reclen;
+	if (rc == 0)
+		rc = mdb_put(txn, sp->db_quar, (MDB_val *)key, &qv, 0);
+	if (rc == 0)
+		rc = mdb_del(txn, sp->db_env, (MDB_val *)key, NULL);
+	if (rc == 0) {
+		rc = mdb_del(txn, sp->db_body, (MDB_val *)key, NULL);
+		if (rc == MDB_NOTFOUND)
+			rc = 0;
+	}
+	if (rc == 0)
+		rc = mdb_txn_commit(txn);
+	else
+		mdb_txn_abort(txn);
+	free(rec);
+out:
+	if (rc != 0) {
+		seterr(err, errlen, "LMDB: %s", mdb_strerror(rc));
+		return -1;
+	}
+	return 0;
+}
+
+/* Quarantines the envelope stored under `key`: body file first (so a crash
+ * never leaves a committed quarantine entry whose body the orphan sweep
+ * would delete), then one transaction moving the record. */
+int spool_read_quarantine_key(struct spool *sp, const MDB_val *key,
+			      const char *reason, char *err, size_t errlen)
+{
+	char qid[SPOOL_QID_SIZE * 5], why[ERRLEN];
+	bool is_qid = spool_record_qid_valid(key->mv_data, key->mv_size);
+	int moved = 0, rc;
+
+	key_text(key, qid, sizeof qid);
+	if (is_qid && (moved = move_body(sp, qid, true)) < 0) {
+		seterr(why, sizeof why, "rename %s/body/%s to quarantine/: %s",
+		       sp->path, qid, strerror(errno));
+		rc = -1;
+	} else {
+		rc = quarantine_txn(sp, key, reason, why, sizeof why);
+		if (rc < 0 && moved > 0)
+			move_body(sp, qid, false);
+	}
+	if (rc < 0) {
+		evlog_emit(sp->log, EV_SPOOL_QUARANTINE_FAILED, EVF_S("qid", qid),
+			   EVF_S("reason", why), EVF_S("path", sp->path));
+		seterr(err, errlen, "quarantining %s: %s", qid, why);
+		return -1;
+	}
+	if (rc == 0) {
+		stats_add(sp, &sp->stats.quarantined, 1);
+		evlog_emit(sp->log, EV_SPOOL_QUARANTINED, EVF_S("qid", qid),
+			   EVF_S("reason", reason), EVF_S("path", sp->path));
+	}
+	return rc;
+}
+
+int spool_quarantine(struct spool *sp, const char *qid, const char *reason,
+		     char *err, size_t errlen)
+{
+	MDB_val k = { .mv_size = strlen(qid), .mv_data = (void *)qid };
+
+	return spool_read_quarantine_key(sp, &k, reason ? reason : "", err, errlen);
+}
+
+void spool_read_bad_add(struct spool_badlist *b, const MDB_val *k, const char *reason)
+{
+	if (b->n == b->cap) {
+		size_t ncap = b->cap ? b->cap * 2 : 4;
+		struct spool_bad *nv = realloc(b->v, ncap * sizeof *nv);
+
+		if (nv == NULL)
+			return;   /* found again at the next walk */
+		b->v = nv;
+		b->cap = ncap;
+	}
+	b->v[b->n].keylen = k->mv_size < 512 ? k->mv_size : 512;
+	memcpy(b->v[b->n].key, k->mv_data, b->v[b->n].keylen);
+	snprintf(b->v[b->n].reason, ERRLEN, "%s", reason);
+	b->n++;
+}
+
+void spool_read_bad_flush(struct spool *sp, struct spool_badlist *b)
+{
+	for (size_t i = 0; i < b->n; i++) {
+		MDB_val k = { .mv_size = b->v[i].keylen, .mv_data = b->v[i].key };
+
+		spool_read_quarantine_key(sp, &k, b->v[i].reason, NULL, 0);
+	}
+	free(b->v);
+	memset(b, 0, sizeof *b);
+}
+
+int spool_read_decode_env(const MDB_val *k, const MDB_val *v,
+		      struct spool_envelope **env_r, char *why, size_t whylen)
+{
+	char kt[SPOOL_QID_SIZE * 5];
+
+	if (spool_record_decode_envelope(v->mv_data, v->mv_size, env_r, why, whylen) < 0)
+		return -1;
+	if (k->mv_size != SPOOL_QID_LEN || memcmp(k->mv_data, (*env_r)->qid, SPOOL_QID_LEN) != 0) {
+		key_text(k, kt, sizeof kt);
+		seterr(why, whylen, "envelope of %s stored under key %s", (*env_r)->qid, kt);
+		spool_envelope_free(env_r);
+		return -1;
+	}
+	return 0;
+}
+
+int spool_foreach_quarantined(struct spool *sp, spool_quarantine_fn *cb,
+			      void *arg, char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc, stop = 0;
+
+	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
+	if (rc == 0 && (rc = mdb_cursor_open(txn, sp->db_quar, &cur)) != 0)
+		mdb_txn_abort(txn);
+	if (rc != 0) {
+		seterr(err, errlen, "spool %s: %s", sp->path, mdb_strerror(rc));
+		return -1;
+	}
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && stop == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		char qid[SPOOL_QID_SIZE * 5], why[ERRLEN], *reason = NULL;
+		int64_t when = 0;
+
+		key_text(&k, qid, sizeof qid);
+		if (spool_record_decode_quarantine(v.mv_data, v.mv_size, &reason,
+						   &when, why, sizeof why) < 0)
+			stop = cb(arg, qid, why, 0);
+		else
+			stop = cb(arg, qid, reason, when);
+		free(reason);
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	return stop;
+}
+
+
+/* ---- reading and updating --------------------------------------------- */
+
+static bool env_pending(const struct spool_envelope *env)
+{
+	for (size_t i = 0; i < env->n_rcpts; i++)
+		if (env->rcpts[i].state == SPOOL_RCPT_QUEUED ||
+		    env->rcpts[i].state == SPOOL_RCPT_DEFERRED)
+			return true;
+	return false;
+}
+
+int spool_foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
+			  char *err, size_t errlen)
+{
+	struct spool_badlist bad = { 0 };
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	MDB_val k, v;
+	int rc, stop = 0;
+
+	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
+	if (rc == 0 && (rc = mdb_cursor_open(txn, sp->db_env, &cur)) != 0)
+		mdb_txn_abort(txn);
+	if (rc != 0) {
+		seterr(err, errlen, "reading spool %s: %s", sp->path, mdb_strerror(rc));
+		return -1;
+	}
+	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && stop == 0;
+	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
+		struct spool_envelope *env = NULL;
+		char why[ERRLEN];
+
+		if (spool_read_decode_env(&k, &v, &env, why, sizeof why) < 0)
+			spool_read_bad_add(&bad, &k, why);
+		else if (env_pending(env))
+			stop = cb(arg, env);
+		spool_envelope_free(&env);
+	}
+	mdb_cursor_close(cur);
+	mdb_txn_abort(txn);
+	spool_read_bad_flush(sp, &bad);
+	return stop;
+}
+
+/* Gets and decodes the envelope of `qid` in txn: 0, 1 if absent, -1 when
+ * damaged (reason in why; the caller quarantines after its txn) or on an
+ * LMDB error (*lmdb_r set). */
+static int get_env(struct spool *sp, MDB_txn *txn, const char *qid,
+		   struct spool_envelope **env_r, int *lmdb_r, char *why, size_t whylen)
+{
+	MDB_val k = { .mv_size = strlen(qid), .mv_data = (void *)qid }, v;
+	int rc = mdb_get(txn, sp->db_env, &k, &v);
+
+	*env_r = NULL;
+	*lmdb_r = rc == MDB_NOTFOUND ? 0 : rc;
+	if (rc == MDB_NOTFOUND)
+		return 1;
+	if (rc != 0) {
+		seterr(why, whylen, "%s", mdb_strerror(rc));
+		return -1;
+	}
+	return spool_read_decode_env(&k, &v, env_r, why, whylen);
+}
+
+/* After a damaged record was met: quarantine it and explain in err. */
+static int damaged(struct spool *sp, const char *qid, const char *why,
+		   char *err, size_t errlen)
+{
+	spool_read_quarantine_key(sp, &(MDB_val){ .mv_size = strlen(qid), .mv_data = (void *)qid },
+		       why, NULL, 0);
+	seterr(err, errlen, "message %s is damaged and was quarantined: %s", qid, why);
+	return -1;
+}
+
+int spool_load(struct spool *sp, const char *qid,
+	       struct spool_envelope **env_r, char *err, size_t errlen)
+{
+	MDB_txn *txn;
+	char why[ERRLEN];
+	int rc, lrc;
+
+	*env_r = NULL;
+	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
+	if (rc != 0) {
+		seterr(err, errlen, "reading spool %s: %s", sp->path, mdb_strerror(rc));
+		return -1;
+	}
+	rc = get_env(sp, txn, qid, env_r, &lrc, why, sizeof why);
+	mdb_txn_abort(txn);
+	if (rc < 0 && lrc != 0) {
+		seterr(err, errlen, "reading %s from spool %s: %s", qid, sp->path, why);
+		return -1;
+	}
+	if (rc < 0)
+		return damaged(sp, qid, why, err, errlen);
+	return rc;
+}
+
+/* Copies and checks the inline body record of env: 0, -1 damaged, -2 a
+ * transient failure (both with why). */
+static int body_inline(struct spool *sp, MDB_txn *txn, const struct spool_envelope *env,
+		       struct spool_body *b, char *why, size_t whylen)
+{
+	MDB_val k = { .mv_size = SPOOL_QID_LEN, .mv_data = (void *)env->qid }, v;
+	const uint8_t *p;
+	size_t n;
+	int rc = mdb_get(txn, sp->db_body, &k, &v);
+
+	if (rc != 0) {
+		seterr(why, whylen, "inline body: %s", mdb_strerror(rc));
+		return rc == MDB_NOTFOUND ? -1 : -2;
+	}
+	if (spool_record_check(v.mv_data, v.mv_size, SPOOL_RECORD_BODY, &p, &n, why, whylen) < 0)
+		return -1;
+	if (n != env->size || spool_record_crc32(0, p, n) != env->body_crc) {
+		seterr(why, whylen, "inline body of %zu bytes does not match the envelope's size %llu and CRC",
+		       n, (unsigned long long)env->size);
+		return -1;
+	}
+	b->mem = malloc(n ? n : 1);
+	if (b->mem == NULL) {
+		seterr(why, whylen, "out of memory for a %zu-byte body", n);
+		return -2;
+	}
+	memcpy(b->mem, p, n);
+	return 0;
+}
+
+/* Opens and checks the body file of env: 0, -1 damaged, -2 transient. */
+static int body_file(struct spool *sp, const struct spool_envelope *env,
+		     struct spool_body *b, char *why, size_t whylen)
+{
+	struct stat st;
+
+	b->fd = openat(sp->bodyfd, env->qid, O_RDONLY | O_CLOEXEC);
+	if (b->fd < 0 || fstat(b->fd, &st) < 0) {
+		seterr(why, whylen, "open %s/body/%s: %s", sp->path, env->qid, strerror(errno));
+		return errno == ENOENT ? -1 : -2;   /* missing: damaged; else transient */
+	}
+	if ((uint64_t)st.st_size != env->size) {
+		seterr(why, whylen, "body file %s/body/%s has %lld bytes, the envelope says %llu",
+		       sp->path, env->qid, (long long)st.st_size,
+		       (unsigned long long)env->size);
+		return -1;
+	}
+	return 0;
+}
+
+int spool_body_open(struct spool *sp, const char *qid,
+		    struct spool_body **b_r, char *err, size_t errlen)
+{
+	struct spool_envelope *env = NULL;
+	struct spool_body *b;
+	MDB_txn *txn;
+	char why[ERRLEN];
+	int rc, lrc = 0;
+
+	*b_r = NULL;
+	b = calloc(1, sizeof *b);
+	if (b == NULL) {
+		seterr(err, errlen, "out of memory");
+		return -1;
+	}
+	b->fd = -1;
+	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
+	if (rc != 0) {
+		seterr(err, errlen, "reading spool %s: %s", sp->path, mdb_strerror(rc));
+		free(b);
+		return -1;
+	}
+	rc = get_env(sp, txn, qid, &env, &lrc, why, sizeof why);
+	if (rc == 0) {
+		b->size = env->size;
+		rc = env->body_in_file ? body_file(sp, env, b, why, sizeof why)
+				       : body_inline(sp, txn, env, b, why, sizeof why);
+	}
+	mdb_txn_abort(txn);
+	spool_envelope_free(&env);
+	if (rc == 0) {
+		*b_r = b;
+		return 0;
+	}
+	spool_body_close(&b);
+	if (rc > 0)
+		return 1;
+	if (lrc != 0 || rc == -2) {
+		seterr(err, errlen, "reading %s from spool %s: %s", qid, sp->path, why);
+		return -1;
+	}
+	return damaged(sp, qid, why, err, errlen);
+}
+
+const void *spool_body_mem(const struct spool_body *b, size_t *len_r)
+{
+	*len_r = b->mem ? (size_t)b->size : 0;
+	return b->mem;
+}
+
+int spool_body_fd(const struct spool_body *b)
+{
+	return b->fd;
+}
+
+uint64_t spool_body_size(const struct spool_body *b)
+{
+	return b->size;
+}
+
+ssize_t spool_body_read(struct spool_body *b, void *buf, size_t n)
+{
+	ssize_t r;
+
+	if (b->pos >= b->size)
+		return 0;
+	if (n > b->size - b->pos)
+		n = (size_t)(b->size - b->pos);
+	if (b->mem != NULL) {
+		memcpy(buf, b->mem + b->pos, n);
+		r = (ssize_t)n;
+	} else {
+		do
+			r = pread(b->fd, buf, n, (off_t)b->pos);
+		while (r < 0 && errno == EINTR);
+		if (r < 0)
+			return -1;
+	}
+	b->pos += (uint64_t)r;
+	return r;
+}
+
+void spool_body_close(struct spool_body **bp)
+{
+	struct spool_body *b = *bp;
+
+	if (b == NULL)
+		return;
+	if (b->fd >= 0)
+		close(b->fd);
+	free(b->mem);
+	free(b);
+	*bp = NULL;
+}
+
+/* Runs `fn` on the envelope of qid inside one write txn; fn returns 0 to
+ * write it back, 2 to delete the message, -1 (+why) to abort. */
+typedef int env_edit_fn(struct spool_envelope *env, void *arg, char *why, size_t whylen);
+
+static int edit_env(struct spool *sp, const char *qid, env_edit_fn *fn, void *arg,
+		    int *action_r, struct spool_envelope **env_r,
+		    char *err, size_t errlen)
+{
+	MDB_val k = { .mv_size = strlen(qid), .mv_data = (void *)qid }, v;
+	struct spool_envelope *env = NULL;
+	MDB_txn *txn;
+	uint8_t *rec = NULL;
+	char why[ERRLEN];
+	int rc, lrc = 0, act = -1;
+
+	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
+	if (rc != 0) {
+		seterr(err, errlen, "spool %s: mdb_txn_begin: %s", sp->path, mdb_strerror(rc));
+		return -1;
+	}
+	rc = get_env(sp, txn, qid, &env, &lrc, why, sizeof why);
+	if (rc != 0) {
+		mdb_txn_abort(txn);
+		if (rc > 0)
+			return 1;
+		if (lrc != 0) {
+			seterr(err, errlen, "reading %s from spool %s: %s", qid, sp->path, why);
+			return -1;
+		}
+		return damaged(sp, qid, why, err, errlen);
+	}
+	act = fn(env, arg, why, sizeof why);
+	if (act == 0) {
+		if (spool_record_encode_envelope(env, &rec, &v.mv_size) < 0) {
+			lrc = ENOMEM;
+		} else {
+			v.mv_data = rec;
+			lrc = mdb_put(txn, sp->db_env, &k, &v, 0);
+		}
+	} else if (act == 2) {
+		lrc = mdb_del(txn, sp->db_env, &k, NULL);
+		if (lrc == 0 && !env->body_in_file)
+			lrc = mdb_del(txn, sp->db_body, &k, NULL);
+	}
+	free(rec);
+	if (act >= 0 && lrc == 0)
+		lrc = mdb_txn_commit(txn);
+	else
+		mdb_txn_abort(txn);
+	if (act < 0 || lrc != 0) {
+		seterr(err, errlen, "updating %s in spool %s: %s", qid, sp->path,
+		       act < 0 ? why : mdb_reason(sp, lrc, why, sizeof why));
+		spool_envelope_free(&env);
+		return -1;
+	}
+	*action_r = act;
+	*env_r = env;
+	return 0;
+}
+
+struct rcpt_edit {
+	size_t idx;
+	enum spool_rcpt_state state;
+	const char *reply;
+	int64_t next_attempt;
+	bool missing;
+};
+
+static int rcpt_edit_fn(struct spool_envelope *env, void *arg, char *why, size_t whylen)
+{
+	struct rcpt_edit *e = arg;
+	struct spool_rcpt *r;
+
+	if (e->idx >= env->n_rcpts) {
+		e->missing = true;
+		seterr(why, whylen, "no recipient #%zu (the message has %zu)", e->idx, env->n_rcpts);
+		return -1;
+	}
+	r = &env->rcpts[e->idx];
+	if (e->reply != NULL && set_str(&r->last_reply, e->reply, false) < 0) {
+		seterr(why, whylen, "reply text too long or out of memory");
+		return -1;
+	}
+	r->state = e->state;
+	r->next_attempt = e->next_attempt;
+	if (r->attempts < UINT32_MAX)
+		r->attempts++;
+	return 0;
+}
+
+int spool_rcpt_update(struct spool *sp, const char *qid, size_t rcpt_index,
+		      enum spool_rcpt_state state, const char *reply,
+		      int64_t next_attempt, char *err, size_t errlen)
+{
+	struct rcpt_edit e = { rcpt_index, state, reply, next_attempt, false };
+	struct spool_envelope *env = NULL;
+	int act, rc;
+
+	if (state > SPOOL_RCPT_FAILED) {
+		seterr(err, errlen, "invalid recipient state %d", (int)state);
+		return -1;
+	}
+	rc = edit_env(sp, qid, rcpt_edit_fn, &e, &act, &env, err, errlen);
+	spool_envelope_free(&env);
+	return rc < 0 && e.missing ? 1 : rc;
+}
+
+static int remove_fn(struct spool_envelope *env, void *arg, char *why, size_t whylen)
+{
+	if (env_pending(env)) {
+		seterr(why, whylen, "recipients pending");
+		return -1;
+	}
+	return 2;
+}
+
+int spool_remove(struct spool *sp, const char *qid, char *err, size_t errlen)
+{
+	struct spool_envelope *env = NULL;
+	int act, rc;
+
+	rc = edit_env(sp, qid, remove_fn, NULL, &act, &env, err, errlen);
+	if (rc == 0 && env->body_in_file) {
+		if (unlinkat(sp->bodyfd, env->qid, 0) < 0 && errno != ENOENT) {
+			char file[4200];
+
+			snprintf(file, sizeof file, "%s/body/%s", sp->path, env->qid);
+			evlog_emit(sp->log, EV_SPOOL_FILE_CLEANUP_FAILED,
+				   EVF_S("file", file), EVF_S("reason", strerror(errno)));
+		}
+	}
+	spool_envelope_free(&env);
+	return rc;
+}
