@@ -18,6 +18,8 @@ struct cli_cmd {
 static const struct cli_cmd cli_cmds[] = {
 	{ "doctor", cli_doctor_main, "run the startup checks and report drift from the saved baseline" },
 	{ "status", cli_status_main, "is carrierd running: pid, uptime, version, listeners, spool" },
+	{ "log-level", cli_log_level_main, "show or change a category's diagnostic level at runtime" },
+	{ "reload", cli_reload_main, "reload the configuration (like SIGHUP); errors keep the running one" },
 	{ "send", cli_send_main, "submit a message read from stdin (like sendmail; -t reads recipients from the headers)" },
 };
 
@@ -25,7 +27,7 @@ static void usage(FILE *out)
 {
 	fprintf(out, "usage: carrier COMMAND [options]   (carrier COMMAND --help)\n\ncommands:\n");
 	for (size_t i = 0; i < sizeof cli_cmds / sizeof cli_cmds[0]; i++)
-		fprintf(out, "  %-8s %s\n", cli_cmds[i].name, cli_cmds[i].help);
+		fprintf(out, "  %-10s %s\n", cli_cmds[i].name, cli_cmds[i].help);
 }
 
 int main(int argc, char **argv)

@@ -711,13 +711,39 @@ static int open_spool(struct daemon *d)
 	return 0;
 }
 
+/* True when `uid`/`gid` may create files in the directory of `path`. */
+static bool dir_writable_by(const char *path, uid_t uid, gid_t gid)
+{
+	char dir[PATH_MAX];
+	char *slash;
+	struct stat st;
+
+	snprintf(dir, sizeof dir, "%s", path);
+	slash = strrchr(dir, '/');
+	if (slash == NULL)
+		return true;
+	*slash = '\0';
+	if (stat(dir[0] ? dir : "/", &st) < 0)
+		return false;
+	if (st.st_uid == uid)
+		return st.st_mode & S_IWUSR;
+	if (st.st_gid == gid)
+		return st.st_mode & S_IWGRP;
+	return st.st_mode & S_IWOTH;
+}
+
 /* Files the daemon keeps writing after it drops root must be the user's. */
 static void hand_over_files(struct daemon *d)
 {
 	if (!d->drop_privileges)
 		return;
-	if (d->conf->log_json[0] && chown(d->conf->log_json, d->run_uid, d->run_gid) < 0)
-		(void)0;    /* reopen after rotation may fail later, with an event */
+	if (d->conf->log_json[0]) {
+		if (chown(d->conf->log_json, d->run_uid, d->run_gid) < 0)
+			(void)0;    /* the reopen reports it, if it matters */
+		if (!dir_writable_by(d->conf->log_json, d->run_uid, d->run_gid))
+			evlog_emit(d->log, EV_CORE_LOG_DIR_NOT_WRITABLE,
+				   EVF_S("path", d->conf->log_json), EVF_S("user", d->conf->user));
+	}
 	if (mkdir_parent(d->conf->maildir_path) == 0 &&
 	    (mkdir(d->conf->maildir_path, 0700) == 0 || errno == EEXIST)) {
 		struct stat st;

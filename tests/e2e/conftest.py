@@ -48,7 +48,18 @@ class Daemon:
         self.maildir = self.dir / "mail"
         self.socket = self.dir / "carrierd.sock"
         self.pidfile = self.dir / "carrierd.pid"
-        self.json_log = self.dir / "events.jsonl"
+        # The log directory belongs to the daemon's user, as /var/log/carrier
+        # would, so a rotation (rename + SIGUSR1) can create the new file.
+        self.log_dir = self.dir / "log"
+        self.log_dir.mkdir(exist_ok=True)
+        if os.geteuid() == 0:
+            try:
+                import pwd
+                pw = pwd.getpwnam("carrier")
+                os.chown(self.log_dir, pw.pw_uid, pw.pw_gid)
+            except KeyError:
+                pass
+        self.json_log = self.log_dir / "events.jsonl"
         self.stderr_path = self.dir / "stderr.log"
         self.conf_path = self.dir / "carrier.conf"
         self.shm_name = f"/carrier-test-{os.getpid()}-{self.port}"
