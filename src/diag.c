@@ -667,8 +667,9 @@ static void spool_space(const char *path, const struct carrier_conf *conf,
 			struct diag_report *rep, char *free_text, size_t size)
 {
 	unsigned long long avail = (unsigned long long)vfs->f_bavail * vfs->f_frsize;
-	unsigned long long threshold = conf->spool_min_free > DIAG_SPOOL_FREE_MIN
-					       ? conf->spool_min_free : DIAG_SPOOL_FREE_MIN;
+	unsigned long long threshold = 2 * (unsigned long long)conf->spool_min_free;
+	if (threshold < DIAG_SPOOL_FREE_MIN)
+		threshold = DIAG_SPOOL_FREE_MIN;
 	human_size(avail, free_text, size);
 	if (avail < threshold) {
 		char th[32];

@@ -146,9 +146,10 @@ int diag_check_hostname(const struct carrier_conf *conf, struct evlog *log,
  * (an existing directory owned by another uid fails: it is never chowned
  * behind the operator's back), or by the current uid otherwise; warns when
  * its mode gives group/other access or its file system has less than
- * max(spool.min_free, DIAG_SPOOL_FREE_MIN) bytes free.
+ * max(2 x spool.min_free_space, DIAG_SPOOL_FREE_MIN) bytes available; when
+ * src/spool.h's spool_version_check() refuses the format, fails.
  */
-#define DIAG_SPOOL_FREE_MIN (256ull << 20)
+#define DIAG_SPOOL_FREE_MIN (16ull << 20)
 int diag_check_spool(const struct carrier_conf *conf, unsigned flags,
 		     struct evlog *log, struct diag_report *rep);
 
