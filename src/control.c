@@ -679,10 +679,13 @@ static int wait_fd(int fd, short events, long long deadline)
 
 static int client_denied(const char *path, char *err, size_t errlen)
 {
+	struct group grb, *gr = NULL;
+	char buf[4096];
 	struct stat st;
-	struct group *gr;
 
-	if (stat(path, &st) == 0 && (gr = getgrgid(st.st_gid)) && st.st_gid != 0)
+	/* The socket's group is the one that may use it (control.group). */
+	if (stat(path, &st) == 0 && st.st_gid != 0 &&
+	    getgrgid_r(st.st_gid, &grb, buf, sizeof buf, &gr) == 0 && gr)
 		set_err(err, errlen, "permission denied on %s: run as root or as a member of group %s",
 			path, gr->gr_name);
 	else

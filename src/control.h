@@ -69,7 +69,9 @@ struct control_call {
  * A command handler.  Fills `rep` with control_reply_add() and, on
  * failure, control_reply_status(rep, code, "what went wrong").  The reply
  * starts as 200 "ok" with no fields; returning without touching the
- * status keeps it.  Runs on the loop thread and must not block.
+ * status keeps it.  Runs on the loop thread and must not block, and must
+ * not call control_free() (schedule a stop on the loop instead).  `call`
+ * and everything it points to are valid only during the call.
  */
 typedef void control_handler_fn(void *arg, const struct control_call *call,
 				struct control_reply *rep);
@@ -119,8 +121,9 @@ struct control_handlers {
  * A stale socket at `path` (nobody accepts on it) is removed; a live one
  * (another carrierd) or a file that is not a socket is an error.  The new
  * socket is mode 0660 and chowned per `auth` (so call this before dropping
- * root when the owner differs).  `auth`, `h` and every string they point
- * to must outlive the control.  `log` may be NULL.
+ * root when the owner differs; a non-root daemon passes -1, -1 or its own
+ * ids).  `auth` and `h` are copied, but the strings and the command table
+ * they point to must outlive the control.  `log` may be NULL.
  *
  * Returns the control, or NULL with a reason in err (and the event
  * CONTROL_SOCKET_FAILED emitted).  Free with control_free().
