@@ -412,6 +412,7 @@ static void conn_process(struct control_conn *conn)
 
 static void conn_read_cb(struct bufferevent *bev, void *arg)
 {
+	(void)bev;
 	conn_process(arg);
 }
 
@@ -448,6 +449,9 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
 	struct control_conn *conn = arg;
 	struct control *c = conn->c;
 	char text[96];
+
+	(void)fd;
+	(void)what;
 
 	evlog_emit(c->log, EV_CONTROL_REQUEST_TIMEOUT, EVF_I("uid", conn->uid),
 		   EVF_I("pid", conn->pid), EVF_I("timeout", c->auth.timeout_ms));
@@ -503,6 +507,10 @@ static void control_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
 	socklen_t len = sizeof cred;
 	char text[CONTROL_TEXT_MAX];
 	size_t have;
+
+	(void)lev;
+	(void)sa;
+	(void)salen;
 
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) < 0) {
 		evlog_emit(c->log, EV_CONTROL_PEERCRED_FAILED,
@@ -561,6 +569,8 @@ static void control_resume_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct control *c = arg;
 
+	(void)fd;
+	(void)what;
 	evconnlistener_enable(c->lev);
 }
 
