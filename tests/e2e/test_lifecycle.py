@@ -301,3 +301,20 @@ def test_make_run_in_a_fresh_clone(workdir):
             p.wait()
         log.close()
     assert p.returncode in (0, -signal.SIGTERM, 2), p.returncode
+
+
+def test_sigterm_drains_open_sessions(make_daemon):
+    d = make_daemon("[server]\ndrain_timeout = 5s\n")
+    idle, line = connect_banner(d.port)
+    assert line.startswith("220 ")
+    started = time.time()
+    d.signal(signal.SIGTERM)
+    f = idle.makefile("rb")
+    assert f.readline().startswith(b"421 4.3.2"), "idle session not told we close"
+    assert d.proc.wait(10) == 0
+    assert time.time() - started < 5, "an idle session held up the stop"
+    stopping = d.events("CORE_STOPPING")
+    assert stopping and stopping[0]["fields"]["sessions"] == 1
+    # No new connections once stopping began.
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", d.port), timeout=2).recv(1)
