@@ -133,9 +133,9 @@ int diag_bind_listener(const struct conf_listen *l, struct evlog *log, int *fd_r
 int diag_bind_listener_rep(const struct conf_listen *l, struct evlog *log,
 			   struct diag_report *rep, int *fd_r);
 
-/* The configured host name (or gethostname()) resolves with getaddrinfo;
- * failure is a warning (an MTA with an unresolvable own name still works).
- * Always returns 0. */
+/* The configured host name (or gethostname()) resolves with getaddrinfo
+ * and is fully qualified; either failure is a warning (an MTA with an
+ * unresolvable or bare own name still works).  Always returns 0. */
 int diag_check_hostname(const struct carrier_conf *conf, struct evlog *log,
 			struct diag_report *rep);
 
@@ -144,7 +144,8 @@ int diag_check_hostname(const struct carrier_conf *conf, struct evlog *log,
  * and when running as root chowned to server.user; without it, that it can
  * be created), is a directory, is owned by server.user when running as root
  * (an existing directory owned by another uid fails: it is never chowned
- * behind the operator's back), or by the current uid otherwise; warns when
+ * behind the operator's back), is writable (not on a read-only file
+ * system; when not root, access(W_OK) for the current user); warns when
  * its mode gives group/other access or its file system has less than
  * max(2 x spool.min_free_space, DIAG_SPOOL_FREE_MIN) bytes available; when
  * src/spool.h's spool_version_check() refuses the format, fails.
@@ -156,16 +157,19 @@ int diag_check_spool(const struct carrier_conf *conf, unsigned flags,
 /*
  * The control socket's directory exists (or can be created) and is
  * writable; a socket at the path that accepts connect() means another
- * carrierd runs (fails with DIAG_EXIT_RUNNING, naming its pid when /proc
- * shows it); one that refuses is stale and, with DIAG_F_MODIFY, removed.
+ * carrierd runs (fails with DIAG_EXIT_RUNNING, naming its pid from
+ * /proc/net/unix and /proc/PID/fd, else from server.pidfile); one that
+ * refuses is stale and, with DIAG_F_MODIFY, removed; anything else at the
+ * path fails and is never removed.
  */
 int diag_check_control(const struct carrier_conf *conf, unsigned flags,
 		       struct evlog *log, struct diag_report *rep);
 
 /*
- * Runs, in order: netstack, loopback, each listen address, each listener
- * (only with DIAG_F_BIND_TEST, and not for an address that already
- * failed), host name, spool, control socket.  Every check runs, so one
+ * Runs, in order: netstack, loopback, each listen address (a loopback
+ * address while lo is down fails as DIAG_EXIT_LOOPBACK, blaming lo rather
+ * than the address), each listener (only with DIAG_F_BIND_TEST, and not
+ * for an address that already failed), host name, spool, control socket.  Every check runs, so one
  * start names every problem; returns the exit status of the first failure
  * or 0.  The configuration and counters checks are not included.
  */
