@@ -584,7 +584,7 @@ static void check_space(struct spool *sp, struct pending *list)
 	for (struct pending *p = list; p; p = p->next)
 		if (p->rc == 0)
 			need += p->reclen + p->msg->memlen;
-	if (statvfs(sp->path, &vs) < 0)
+	if (fstatvfs(sp->dirfd, &vs) < 0)
 		return;   /* cannot tell; let the write itself fail */
 	avail = (uint64_t)vs.f_bavail * vs.f_frsize;
 	if (avail >= need)
@@ -615,48 +615,72 @@ static int put_body(struct spool *sp, MDB_txn *txn, struct spool_msg *m)
 	return 0;
 }
 
-/* One LMDB write transaction for every message still ok in the list. */
-static void write_batch(struct spool *sp, struct pending *list, size_t *n_ok_r)
+/* Writes the messages of `list` that are still ok (all of them, or only
+ * `one`) in one LMDB write transaction: 0 or an LMDB/errno code. */
+static int write_txn(struct spool *sp, struct pending *list, struct pending *one)
 {
 	MDB_txn *txn = NULL;
+	int rc;
+
+	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
+	for (struct pending *p = list; rc == 0 && p; p = p->next) {
+		MDB_val k = { .mv_size = SPOOL_QID_LEN, .mv_data = p->msg->env.qid };
+		MDB_val v = { .mv_size = p->reclen, .mv_data = p->rec };
+
+		if (p->rc != 0 || (one != NULL && p != one))
+			continue;
+		rc = mdb_put(txn, sp->db_env, &k, &v, MDB_NOOVERWRITE);
+		if (rc == 0 && !p->msg->env.body_in_file)
+			rc = put_body(sp, txn, p->msg);
+	}
+	if (rc == 0)
+		return mdb_txn_commit(txn);
+	if (txn != NULL)
+		mdb_txn_abort(txn);
+	return rc;
+}
+
+/*
+ * Commits every message still ok in the list in one transaction.  If that
+ * fails (say MDB_MAP_FULL because of one big message), retries each alone
+ * so one message cannot fail the others.  Returns how many commits were
+ * made; *n_ok_r is how many messages are durable.
+ */
+static size_t write_batch(struct spool *sp, struct pending *list, size_t *n_ok_r)
+{
 	char why[160];
-	size_t n_ok = 0;
+	size_t n_ok = 0, commits = 0;
 	int rc;
 
 	for (struct pending *p = list; p; p = p->next)
 		n_ok += p->rc == 0;
 	*n_ok_r = 0;
 	if (n_ok == 0)
-		return;
-	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
-	for (struct pending *p = list; rc == 0 && p; p = p->next) {
-		MDB_val k = { .mv_size = SPOOL_QID_LEN, .mv_data = p->msg->env.qid };
-		MDB_val v = { .mv_size = p->reclen, .mv_data = p->rec };
-
+		return 0;
+	rc = write_txn(sp, list, NULL);
+	if (rc == 0) {
+		*n_ok_r = n_ok;
+		return 1;
+	}
+	for (struct pending *p = list; p; p = p->next) {
 		if (p->rc != 0)
 			continue;
-		rc = mdb_put(txn, sp->db_env, &k, &v, MDB_NOOVERWRITE);
-		if (rc == 0 && !p->msg->env.body_in_file)
-			rc = put_body(sp, txn, p->msg);
+		if (n_ok > 1)
+			rc = write_txn(sp, list, p);
+		if (rc == 0) {
+			commits++;
+			(*n_ok_r)++;
+		} else {
+			fail(p, "spool %s: LMDB commit: %s", sp->path,
+			     mdb_reason(sp, rc, why, sizeof why));
+		}
 	}
-	if (rc == 0) {
-		rc = mdb_txn_commit(txn);
-		txn = NULL;
-	}
-	if (txn != NULL)
-		mdb_txn_abort(txn);
-	if (rc != 0) {
-		mdb_reason(sp, rc, why, sizeof why);
-		for (struct pending *p = list; p; p = p->next)
-			fail(p, "spool %s: LMDB commit: %s", sp->path, why);
-		return;
-	}
-	*n_ok_r = n_ok;
+	return commits;
 }
 
 static void commit_batch(struct spool *sp, struct pending *list)
 {
-	size_t n = 0, n_files = 0, n_ok = 0;
+	size_t n = 0, n_files = 0, n_ok = 0, commits;
 	struct pending *next;
 
 	for (struct pending *p = list; p; p = p->next) {
@@ -676,14 +700,14 @@ static void commit_batch(struct spool *sp, struct pending *list)
 		    spool_record_encode_envelope(&p->msg->env, &p->rec, &p->reclen) < 0)
 			fail(p, "out of memory encoding the envelope");
 	check_space(sp, list);
-	write_batch(sp, list, &n_ok);
+	commits = write_batch(sp, list, &n_ok);
 
 	pthread_mutex_lock(&sp->mu);
+	sp->stats.commits += commits;
+	sp->stats.fsyncs += commits;
 	if (n_ok > 0) {
-		sp->stats.commits++;
-		sp->stats.fsyncs++;
 		sp->stats.messages_committed += n_ok;
-		if (n_ok > sp->stats.max_batch)
+		if (commits == 1 && n_ok > sp->stats.max_batch)
 			sp->stats.max_batch = n_ok;
 	}
 	sp->stats.commit_failures += n - n_ok;
@@ -937,7 +961,9 @@ static int put_meta(struct spool *sp, MDB_txn *txn)
 	return rc;
 }
 
-/* Checks the format version, creates or upgrades, opens the databases. */
+/* Checks the format version, creates or upgrades, opens the databases.
+ * Returns 0, -1 + err, or -2 + err when the version is refused (its own
+ * event is emitted already). */
 static int setup_dbs(struct spool *sp, char *err, size_t errlen)
 {
 	MDB_txn *txn;
@@ -956,7 +982,8 @@ static int setup_dbs(struct spool *sp, char *err, size_t errlen)
 		evlog_emit(sp->log, EV_SPOOL_VERSION_REFUSED, EVF_S("path", sp->path),
 			   EVF_I("found", found), EVF_I("oldest", SPOOL_FORMAT_OLDEST),
 			   EVF_I("supported", SPOOL_FORMAT_VERSION));
-		goto fail;
+		mdb_txn_abort(txn);
+		return -2;
 	}
 	rc = mdb_dbi_open(txn, "meta", MDB_CREATE, &sp->db_meta);
 	if (rc == 0)
@@ -1154,14 +1181,14 @@ struct spool *spool_open(const char *path, const struct spool_opts *opts,
 	struct spool *sp = spool_alloc(path, opts, log);
 	char why[ERRLEN + 64];
 	long n;
-	int rc;
+	int rc = 0;
 
 	if (sp == NULL) {
 		seterr(err, errlen, "spool_open %s: out of memory", path);
 		return NULL;
 	}
 	if (open_dirs(sp, why, sizeof why) < 0 || open_env(sp, why, sizeof why) < 0 ||
-	    setup_dbs(sp, why, sizeof why) < 0 ||
+	    (rc = setup_dbs(sp, why, sizeof why)) < 0 ||
 	    (n = scan_envelopes(sp, why, sizeof why)) < 0)
 		goto fail;
 	sweep_orphans(sp);
@@ -1176,8 +1203,7 @@ struct spool *spool_open(const char *path, const struct spool_opts *opts,
 		   EVF_I("quarantined", sp->stats.quarantined));
 	return sp;
 fail:
-	/* a refused version has its own event already */
-	if (strstr(why, "format version") == NULL)
+	if (rc != -2)   /* a refused version has its own event already */
 		evlog_emit(log, EV_SPOOL_OPEN_FAILED, EVF_S("path", path), EVF_S("reason", why));
 	seterr(err, errlen, "%s", why);
 	spool_free(sp);
@@ -1255,8 +1281,8 @@ int spool_space_ok(struct spool *sp, uint64_t declared_size,
 	struct statvfs vs;
 	uint64_t avail, need;
 
-	if (statvfs(sp->path, &vs) < 0) {
-		seterr(err, errlen, "statvfs %s: %s", sp->path, strerror(errno));
+	if (fstatvfs(sp->dirfd, &vs) < 0) {
+		seterr(err, errlen, "fstatvfs %s: %s", sp->path, strerror(errno));
 		return -1;
 	}
 	avail = (uint64_t)vs.f_bavail * vs.f_frsize;

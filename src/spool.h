@@ -223,7 +223,9 @@ typedef void spool_done_fn(void *arg, int rc, const char *qid, const char *err);
 /*
  * Hands `msg` to the spool thread (always takes ownership of it, clearing
  * *msgp).  The thread commits every queued message in one transaction and
- * then runs `done(arg, ...)` on the thread running `base`.  Returns 0, or -1
+ * then runs `done(arg, ...)` on the thread running `base` (so that loop
+ * must keep running, with some event pending, until it comes; a daemon's
+ * listener does that).  Returns 0, or -1
  * (spool closing, message refused before queueing: no sender or no
  * recipient) with err, in which case `done` is never called.
  */

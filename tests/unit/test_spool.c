@@ -9,6 +9,7 @@
 #include <event2/thread.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <grp.h>
 #include <lmdb.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -17,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
@@ -635,6 +637,155 @@ static void test_in_use_refused(void **state)
 	spool_close(&sp);
 }
 
+
+/* ---- failures are temporary and leave nothing behind ----------------- */
+
+struct fail_state {
+	struct event_base *base;
+	int done, want;
+	int rc[4];
+	char err[4][256];
+	char qid[4][SPOOL_QID_SIZE];
+};
+
+static void fail_done(void *arg, int rc, const char *qid, const char *err)
+{
+	struct fail_state *s = arg;
+
+	for (int i = 0; i < s->want; i++)
+		if (strcmp(s->qid[i], qid) == 0) {
+			s->rc[i] = rc;
+			snprintf(s->err[i], sizeof s->err[i], "%s", err ? err : "");
+		}
+	if (++s->done == s->want)
+		event_base_loopbreak(s->base);
+}
+
+static int count_dir(const char *path)
+{
+	DIR *d = opendir(path);
+	struct dirent *de;
+	int n = 0;
+
+	assert_non_null(d);
+	while ((de = readdir(d)) != NULL)
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/* One message too big for the LMDB map fails alone (MDB_MAP_FULL, temp
+ * failure); the others in its batch still commit; the spool goes on. */
+static void test_map_full_isolated(void **state)
+{
+	struct fixture *f = *state;
+	struct fail_state s = { .want = 3 };
+	struct spool_opts o;
+	struct spool_envelope *env = NULL;
+	struct spool_stats st;
+	char err[512] = "", qid[SPOOL_QID_SIZE];
+	struct spool *sp;
+
+	assert_int_equal(evthread_use_pthreads(), 0);
+	spool_opts_init(&o);
+	o.space_margin = 0;
+	o.map_size = 512 * 1024;
+	o.inline_max = 4 * 1024 * 1024;
+	o.commit_delay_us = 100000;   /* gather all three in one batch */
+	sp = spool_open(f->path, &o, NULL, err, sizeof err);
+	assert_non_null(sp);
+	s.base = event_base_new();
+	for (int i = 0; i < 3; i++) {
+		struct spool_msg *m = make_msg(sp, 1, i == 1 ? 2 * 1024 * 1024 : 500);
+
+		snprintf(s.qid[i], sizeof s.qid[i], "%s", spool_msg_qid(m));
+		assert_int_equal(spool_commit_async(sp, &m, s.base, fail_done, &s,
+						    err, sizeof err), 0);
+	}
+	/* a pending timer keeps the loop running until the completions come */
+	struct timeval limit = { 30, 0 };
+	struct event *timer = evtimer_new(s.base, gc_timeout, s.base);
+	evtimer_add(timer, &limit);
+	event_base_dispatch(s.base);
+	event_free(timer);
+	assert_int_equal(s.done, 3);
+	assert_int_equal(s.rc[0], 0);
+	assert_int_not_equal(s.rc[1], 0);
+	assert_non_null(strstr(s.err[1], "map full"));
+	assert_int_equal(s.rc[2], 0);
+	assert_int_equal(spool_load(sp, s.qid[1], &env, err, sizeof err), 1);
+	spool_stats(sp, &st);
+	assert_int_equal(st.commit_failures, 1);
+	assert_int_equal(st.messages_committed, 2);
+	/* and the spool goes on */
+	struct spool_msg *m = make_msg(sp, 1, 100);
+	assert_int_equal(spool_commit(sp, &m, qid, err, sizeof err), 0);
+	check_body(sp, qid, 100, false);
+	spool_close(&sp);
+	event_base_free(s.base);
+}
+
+/* Too little space: temp failure with a reason, the spilled body removed. */
+static void test_no_space_removes_body(void **state)
+{
+	struct fixture *f = *state;
+	struct spool_opts o;
+	char err[512] = "", p[256];
+	struct spool *sp;
+	struct spool_msg *m;
+
+	spool_opts_init(&o);
+	o.inline_max = 1024;
+	o.space_margin = (uint64_t)1 << 62;
+	sp = spool_open(f->path, &o, NULL, err, sizeof err);
+	assert_non_null(sp);
+	m = make_msg(sp, 1, 50000);
+	assert_int_equal(spool_commit(sp, &m, NULL, err, sizeof err), -1);
+	assert_non_null(strstr(err, "bytes free"));
+	snprintf(p, sizeof p, "%s/body", f->path);
+	assert_int_equal(count_dir(p), 0);
+	spool_close(&sp);
+}
+
+/* Opened as root, chowned, then used after setuid (root only). */
+static void test_chown_then_drop_privileges(void **state)
+{
+	struct fixture *f = *state;
+	pid_t pid;
+	int status;
+
+	if (geteuid() != 0)
+		skip();
+	pid = fork();
+	assert_true(pid >= 0);
+	if (pid == 0) {
+		char err[512] = "", qid[SPOOL_QID_SIZE];
+		struct spool *sp = open_spool(f->path, 1024);
+		struct spool_msg *m;
+		struct spool_body *b = NULL;
+
+		if (spool_chown(sp, 65534, 65534, err, sizeof err) < 0)
+			_exit(2);
+		if (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0)
+			_exit(3);
+		m = make_msg(sp, 1, 5000);   /* spills to body/ as the new user */
+		if (spool_commit(sp, &m, qid, err, sizeof err) < 0)
+			_exit(4);
+		if (spool_body_open(sp, qid, &b, err, sizeof err) != 0)
+			_exit(5);
+		spool_body_close(&b);
+		if (spool_rcpt_update(sp, qid, 0, SPOOL_RCPT_DELIVERED, "250 ok", 0,
+				      err, sizeof err) != 0 ||
+		    spool_remove(sp, qid, err, sizeof err) != 0)
+			_exit(6);
+		spool_close(&sp);
+		_exit(0);
+	}
+	assert_int_equal(waitpid(pid, &status, 0), pid);
+	assert_true(WIFEXITED(status));
+	assert_int_equal(WEXITSTATUS(status), 0);
+}
+
 /* ---- space, queue IDs ------------------------------------------------- */
 
 static void test_space_check(void **state)
@@ -683,6 +834,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_reopen_update_remove, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_orphans_swept, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_in_use_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_map_full_isolated, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_no_space_removes_body, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_chown_then_drop_privileges, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_space_check, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_qids_unique_sorted, setup, teardown),
 	};
