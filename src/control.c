@@ -37,6 +37,7 @@
 #define CONTROL_OUTPUT_HIGH (64 * 1024)   /* stop reading above this */
 #define CONTROL_PAUSE_SECONDS 1            /* after EMFILE and friends */
 #define CONTROL_PEER_GROUPS 64             /* SO_PEERGROUPS on the stack */
+#define CONTROL_MAX_ERRORS 10              /* bad requests before we hang up */
 
 struct control_conn {
 	LIST_ENTRY(control_conn) link;
@@ -46,6 +47,7 @@ struct control_conn {
 	uid_t uid;
 	pid_t pid;
 	bool closing;                   /* free once the output is sent */
+	unsigned errors;                /* bad requests so far */
 	struct control_req_parser parser;
 };
 
@@ -370,6 +372,14 @@ static void conn_bad_request(struct control_conn *conn, int code,
 	}
 	if (code == CONTROL_CODE_TOO_LONG || code == CONTROL_CODE_VERSION) {
 		conn_close_with(conn, code, reason);
+		return;
+	}
+	if (++conn->errors >= CONTROL_MAX_ERRORS) {
+		char text[CONTROL_TEXT_MAX];
+
+		snprintf(text, sizeof text, "%.400s; %u bad requests, closing",
+			 reason, conn->errors);
+		conn_close_with(conn, code, text);
 		return;
 	}
 	{

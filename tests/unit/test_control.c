@@ -1011,6 +1011,71 @@ static void test_server_emfile(void **state)
 	server_free(s);
 }
 
+/* Hostile peers: many bad requests end the session; a peer that never
+ * reads its answers is cut off by the write timeout; the server keeps
+ * answering others meanwhile. */
+static void test_server_hostile(void **state)
+{
+	struct control_auth auth = default_auth;
+	struct control_resp_parser p;
+	struct control_response resp;
+	struct server *s;
+	char *flood;
+	size_t n = 0;
+	int fd, i;
+
+	auth.timeout_ms = 300;
+	s = server_new(&auth);
+	assert_int_equal(control_resp_parser_init(&p), 0);
+	fd = raw_connect(s->path);
+	for (i = 0; i < 20; i++)
+		raw_send(fd, "CARRIER/1 NOPE\n", 15);
+	for (i = 0; i < 10; i++) {
+		assert_int_equal(raw_response(fd, &p, &resp), CONTROL_PARSE_OK);
+		assert_int_equal(resp.code, 400);
+		if (i == 9)
+			assert_non_null(strstr(resp.text, "10 bad requests, closing"));
+		control_response_clear(&resp);
+	}
+	assert_true(raw_eof(fd));
+	close(fd);
+
+	/* Pipelines far more answers than it reads. */
+	flood = malloc(15 * 20000);
+	assert_non_null(flood);
+	for (i = 0; i < 20000; i++, n += 15)
+		memcpy(flood + n, "CARRIER/1 help\n", 15);
+	fd = raw_connect(s->path);
+	for (size_t off = 0; off < n;) {
+		struct pollfd pfd = { .fd = fd, .events = POLLOUT };
+		ssize_t w;
+
+		if (poll(&pfd, 1, 500) != 1)
+			break;          /* the server stopped reading: good */
+		w = send(fd, flood + off, n - off, MSG_NOSIGNAL | MSG_DONTWAIT);
+		if (w <= 0)
+			break;
+		off += (size_t)w;
+	}
+	expect_request(s->path, "ping", 200, &resp);
+	control_response_clear(&resp);
+	/* Not reading past the write timeout: the server hangs up. */
+	poll(NULL, 0, 3 * auth.timeout_ms);
+	for (int reads = 0;; reads++) {
+		struct pollfd pfd = { .fd = fd, .events = POLLIN };
+		char sink[65536];
+
+		if (reads > 10000 || poll(&pfd, 1, 2000) != 1)
+			fail_msg("the server kept a peer that does not read its answers");
+		if (recv(fd, sink, sizeof sink, 0) <= 0)
+			break;
+	}
+	close(fd);
+	free(flood);
+	control_resp_parser_free(&p);
+	server_free(s);
+}
+
 /* Runs cli_status_main with stdout captured into out (NUL-terminated). */
 static int run_status(const char *conf, bool json, char *out, size_t size)
 {
@@ -1100,6 +1165,7 @@ int main(void)
 		cmocka_unit_test(test_client_not_running),
 		cmocka_unit_test(test_server_refuses_live_socket),
 		cmocka_unit_test(test_server_emfile),
+		cmocka_unit_test(test_server_hostile),
 		cmocka_unit_test(test_cli_status),
 	};
 
