@@ -326,6 +326,33 @@ static bool ifa_covers(const struct ifaddrs *ifa, const struct sockaddr *want)
 	return !memcmp(a, w, 16);
 }
 
+/* An IPv6 address the kernel knows but will not bind yet (DAD tentative
+ * or failed): emits NET_ADDRESS_TENTATIVE and returns DIAG_EXIT_ADDRESS;
+ * 0 when the address is usable or unknown. */
+static int check_inet6_usable(const struct conf_listen *l, const char *lt, const char *addr,
+			      const char *check, struct evlog *log, struct diag_report *rep)
+{
+	if (l->addr.ss_family != AF_INET6)
+		return 0;
+	char *text = diag_read_file("/proc/net/if_inet6", NULL);
+	unsigned flags = 0;
+	char ifname[64];
+	const uint8_t *a = (const uint8_t *)&((const struct sockaddr_in6 *)&l->addr)->sin6_addr;
+	int found = text && diag_inet6_find(text, a, &flags, ifname, sizeof ifname) == 0;
+	free(text);
+	const char *reason = NULL;
+	if (found && (flags & DIAG_IFA_F_DADFAILED))
+		reason = "IPv6 duplicate address detection failed: another host on the link uses it (dadfailed)";
+	else if (found && (flags & DIAG_IFA_F_TENTATIVE))
+		reason = "IPv6 duplicate address detection has not finished (tentative)";
+	if (!reason)
+		return 0;
+	diag_event(rep, log, check, DIAG_FAIL, DIAG_EXIT_ADDRESS, EV_NET_ADDRESS_TENTATIVE,
+		   EVF_S("address", addr), EVF_S("listen", lt), EVF_S("interface", ifname),
+		   EVF_S("reason", reason));
+	return DIAG_EXIT_ADDRESS;
+}
+
 int diag_check_address(const struct conf_listen *l, struct evlog *log,
 		       struct diag_report *rep)
 {
@@ -353,8 +380,10 @@ int diag_check_address(const struct conf_listen *l, struct evlog *log,
 			   EVF_S("address", addr), EVF_S("listen", lt),
 			   EVF_S("interface", found->ifa_name));
 	} else if (found) {
-		diag_report_add(rep, "address", DIAG_OK, 0, "%s: address %s is on %s",
-				lt, addr, found->ifa_name);
+		rc = check_inet6_usable(l, lt, addr, "address", log, rep);
+		if (!rc)
+			diag_report_add(rep, "address", DIAG_OK, 0, "%s: address %s is on %s",
+					lt, addr, found->ifa_name);
 	} else {
 		const char *sysctl = l->addr.ss_family == AF_INET6
 					     ? "net.ipv6.ip_nonlocal_bind"
@@ -422,6 +451,9 @@ static int bind_error(const struct conf_listen *l, const char *lt, const char *s
 	if (err == EADDRNOTAVAIL) {
 		char addr[CONF_HOST_MAX];
 		listen_address(l, addr, sizeof addr);
+		int r = check_inet6_usable(l, lt, addr, "listener", log, rep);
+		if (r)
+			return r;
 		diag_event(rep, log, "listener", DIAG_FAIL, DIAG_EXIT_ADDRESS,
 			   EV_NET_ADDRESS_NOT_LOCAL, EVF_S("address", addr), EVF_S("listen", lt));
 		return DIAG_EXIT_ADDRESS;

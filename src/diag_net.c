@@ -305,3 +305,29 @@ unsigned long diag_unix_find_inode(const char *text, const char *path)
 	}
 	return fallback;
 }
+
+int diag_inet6_find(const char *text, const uint8_t addr[16], unsigned *flags_r,
+		    char *ifname, size_t ifsize)
+{
+	for (const char *line = text; line && *line;) {
+		char hex[33], name[64];
+		unsigned idx, plen, scope, flags;
+		uint8_t a[16];
+		int ok = sscanf(line, "%32s %x %x %x %x %63s", hex, &idx, &plen, &scope,
+				&flags, name) == 6 && strlen(hex) == 32;
+		for (size_t i = 0; ok && i < 16; i++) {
+			unsigned v;
+			ok = sscanf(hex + 2 * i, "%2x", &v) == 1;
+			a[i] = (uint8_t)v;
+		}
+		if (ok && !memcmp(a, addr, 16)) {
+			*flags_r = flags;
+			snprintf(ifname, ifsize, "%s", name);
+			return 0;
+		}
+		line = strchr(line, '\n');
+		if (line)
+			line++;
+	}
+	return -1;
+}

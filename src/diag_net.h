@@ -70,6 +70,14 @@ void diag_pid_comm(const char *proc, pid_t pid, char *buf, size_t size);
  * 0 when not found. */
 unsigned long diag_unix_find_inode(const char *text, const char *path);
 
+#define DIAG_IFA_F_DADFAILED 0x08        /* IFA_F_* of <linux/if_addr.h> */
+#define DIAG_IFA_F_TENTATIVE 0x40
+
+/* Finds the 16-byte IPv6 address `addr` in /proc/net/if_inet6 text.
+ * Returns 0 with its IFA_F_* flags and interface name, or -1. */
+int diag_inet6_find(const char *text, const uint8_t addr[16], unsigned *flags_r,
+		    char *ifname, size_t ifsize);
+
 /* Reads a whole (small, /proc) file into a new NUL-terminated buffer the
  * caller frees; NULL with errno set on failure. */
 char *diag_read_file(const char *path, size_t *len_r);

@@ -179,6 +179,23 @@ def test_unconfigured_address_is_named(tmp):
 
 
 @needs_netns
+def test_tentative_ipv6_address_is_named(tmp):
+    """An IPv6 address still in duplicate address detection cannot be bound:
+    doctor says so instead of "not configured" or "bind failed"."""
+    port = free_port()
+    conf = write_conf(tmp, f"[fd00::9]:{port}")
+    setup = ("ip link set lo up && ip link add v0 type veth peer name v1 && "
+             "ip link set v0 up && ip link set v1 up && ip -6 addr add fd00::9/64 dev v0")
+    r = in_netns(f"{setup} || exit 99; " + carrier_cmd("-c", conf))
+    if r.returncode == 99:
+        pytest.skip(f"cannot create a veth pair here: {r.stderr.strip()}")
+    assert r.returncode == EXIT_ADDRESS, r.stdout + r.stderr
+    assert (f"FAIL  address: address fd00::9 of listener [fd00::9]:{port} is on v0 but not "
+            "usable yet: IPv6 duplicate address detection has not finished") in r.stdout, r.stdout
+    assert "network-online.target" in r.stdout
+
+
+@needs_netns
 def test_baseline_drift(tmp):
     r1, r2 = tmp / "resolv1.conf", tmp / "resolv2.conf"
     r1.write_text("search example.org\nnameserver 127.0.0.53\nnameserver 192.0.2.99\n")

@@ -139,6 +139,31 @@ static void test_unix_find_inode(void **state)
 	assert_int_equal(diag_unix_find_inode(text, "/run/carrier"), 0);
 }
 
+static void test_inet6_find(void **state)
+{
+	static const char text[] =
+		"fd000000000000000000000000000009 03 40 00 40       v0\n"
+		"00000000000000000000000000000001 01 80 10 80       lo\n"
+		"fd000000000000000000000000000002 04 40 00 08     eth0\n";
+	uint8_t a[16];
+	unsigned flags;
+	char ifname[16];
+	assert_int_equal(inet_pton(AF_INET6, "fd00::9", a), 1);
+	assert_int_equal(diag_inet6_find(text, a, &flags, ifname, sizeof ifname), 0);
+	assert_true(flags & DIAG_IFA_F_TENTATIVE);
+	assert_string_equal(ifname, "v0");
+	assert_int_equal(inet_pton(AF_INET6, "fd00::2", a), 1);
+	assert_int_equal(diag_inet6_find(text, a, &flags, ifname, sizeof ifname), 0);
+	assert_true(flags & DIAG_IFA_F_DADFAILED);
+	assert_string_equal(ifname, "eth0");
+	assert_int_equal(inet_pton(AF_INET6, "::1", a), 1);
+	assert_int_equal(diag_inet6_find(text, a, &flags, ifname, sizeof ifname), 0);
+	assert_int_equal(flags & (DIAG_IFA_F_TENTATIVE | DIAG_IFA_F_DADFAILED), 0);
+	assert_int_equal(inet_pton(AF_INET6, "fd00::3", a), 1);
+	assert_int_equal(diag_inet6_find(text, a, &flags, ifname, sizeof ifname), -1);
+	assert_int_equal(diag_inet6_find("", a, &flags, ifname, sizeof ifname), -1);
+}
+
 /* ---- listeners against real sockets -------------------------------------- */
 
 static int listen_any(struct conf_listen *l)
@@ -533,6 +558,7 @@ int main(void)
 		cmocka_unit_test(test_tcp_parse_line),
 		cmocka_unit_test(test_tcp_find_listener),
 		cmocka_unit_test(test_unix_find_inode),
+		cmocka_unit_test(test_inet6_find),
 		cmocka_unit_test(test_port_holder_is_this_process),
 		cmocka_unit_test(test_bind_address_not_local),
 		cmocka_unit_test(test_spool_checks),
