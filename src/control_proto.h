@@ -23,8 +23,11 @@
  *             round-trips and no value can end the response early.
  *
  * A connection may carry several requests, one after the other; the
- * server answers each in order.  It closes the connection after a 413
- * (request too long) or 505 (unsupported version).
+ * server answers each in order.  It answers and closes the connection on
+ * 403 (peer not authorized), 429 (too many connections of this uid), 408
+ * (no complete request within the timeout, also between requests), 413
+ * (request too long), 505 (unsupported version) and after 10 bad
+ * requests.
  *
  * Threads: any; all state lives in the caller's structs.
  */
