@@ -282,3 +282,41 @@ def test_carrierd_exits_with_the_listener_status(make_daemon):
         d.start(wait_ready=False)
         assert d.proc.wait(30) == EXIT_LISTEN, d.stderr()
     assert f"127.0.0.1:{d.port} is already in use by pid {os.getpid()}" in d.stderr()
+
+
+def test_unresolvable_host_name_warns_only(tmp):
+    conf = write_conf(tmp, f"127.0.0.1:{free_port()}")
+    conf.write_text(conf.read_text().replace("hostname = localhost",
+                                             "hostname = mx.nonexistent.invalid"))
+    r = doctor("-c", conf)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "WARN  hostname: host name mx.nonexistent.invalid does not resolve: " in r.stdout, r.stdout
+    assert "/etc/hosts" in r.stdout
+
+
+def test_stale_control_socket_is_left_alone_by_doctor(tmp):
+    conf = write_conf(tmp, f"127.0.0.1:{free_port()}")
+    path = tmp / "carrierd.sock"
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(path))
+    s.close()       # bound, never listened: connect() is refused
+    r = doctor("-c", conf)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"ok    control: {path} is a stale socket (nothing answers); carrierd will remove it" in r.stdout
+    assert path.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+def test_spool_of_another_owner_is_named(tmp):
+    import pwd
+    try:
+        uid = pwd.getpwnam("carrier").pw_uid
+    except KeyError:
+        pytest.skip("no user 'carrier' (scripts/deps creates it)")
+    conf = write_conf(tmp, f"127.0.0.1:{free_port()}")
+    (tmp / "spool").mkdir(mode=0o700)      # owned by root, not by carrier
+    r = doctor("-c", conf)
+    assert r.returncode == 17, r.stdout + r.stderr
+    assert (f"FAIL  spool: spool directory {tmp / 'spool'} is owned by uid 0, expected user "
+            f"carrier (uid {uid})") in r.stdout, r.stdout
+    assert f"chown -R carrier: {tmp / 'spool'}" in r.stdout
