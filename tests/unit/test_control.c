@@ -991,6 +991,14 @@ static void test_server_emfile(void **state)
 	while (n < 512 && (fd = dup(0)) >= 0)
 		fillers[n++] = fd;
 	assert_int_equal(errno, EMFILE);
+	if (n < 2) {
+		/* Already over 128 descriptors: this runner cannot play. */
+		assert_int_equal(setrlimit(RLIMIT_NOFILE, &old), 0);
+		while (n > 0)
+			close(fillers[--n]);
+		server_free(s);
+		skip();
+	}
 	close(fillers[--n]);
 	fd = raw_connect(s->path);      /* takes the last descriptor */
 	wait_count(s, EV_CONTROL_ACCEPT_PAUSED, 1);
