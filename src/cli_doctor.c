@@ -25,6 +25,7 @@
 
 #include "cli.h"
 #include "conf.h"
+#include "counters.h"
 #include "diag.h"
 #include "diag_baseline.h"
 #include "evlog.h"
@@ -176,6 +177,20 @@ static void print_json(const struct diag_report *rep, int rc)
 	printf("]}\n");
 }
 
+/* Shared memory for counters: never fatal, the daemon falls back to
+ * private counters, but an admin wants to know why `carrier stats` is slow. */
+static void doctor_check_counters(const struct carrier_conf *conf, struct diag_report *rep)
+{
+	char err[256];
+
+	if (counters_probe(conf->shm_name, err, sizeof err) == 0) {
+		diag_report_add(rep, "counters", DIAG_OK, 0, "shared memory %s can be created", conf->shm_name);
+		return;
+	}
+	diag_report_event(rep, NULL, "counters", DIAG_WARN, 0, EV_COUNTERS_PRIVATE,
+			  (const struct evlog_field[]){ EVF_S("name", conf->shm_name), EVF_S("reason", err) }, 2);
+}
+
 int cli_doctor_main(int argc, char **argv)
 {
 	struct doctor_opts o;
@@ -197,6 +212,7 @@ int cli_doctor_main(int argc, char **argv)
 		diag_report_add(&rep, "config", DIAG_OK, 0, "%s loaded",
 				conf->path ? conf->path : "<embedded>");
 		diag_run_startup(conf, DIAG_F_BIND_TEST, NULL, &rep);
+		doctor_check_counters(conf, &rep);
 	}
 	conf_errors_clear(&errs);
 

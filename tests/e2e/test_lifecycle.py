@@ -318,3 +318,15 @@ def test_sigterm_drains_open_sessions(make_daemon):
     # No new connections once stopping began.
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", d.port), timeout=2).recv(1)
+
+
+def test_doctor_warns_about_shared_memory_but_passes(workdir):
+    d = Daemon(workdir)
+    p = subprocess.run(["unshare", "-m", "sh", "-c",
+                        "mount -t tmpfs -o ro,size=64k tmpfs /dev/shm && exec "
+                        f"{CARRIER} doctor -c {d.conf_path}"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
+    line = [l for l in p.stdout.splitlines() if "counters:" in l]
+    assert line and line[0].startswith("WARN"), p.stdout
+    assert "Read-only file system" in line[0]
