@@ -563,9 +563,9 @@ static void prepare_file(struct spool *sp, struct pending *p)
 	if (m->fd < 0)
 		return;
 	stats_add(sp, &sp->stats.fsyncs, 1);
-	rc = fsync(m->fd);
+	rc = fdatasync(m->fd);
 	if (rc < 0)
-		fail(p, "fsync %s/body/%s: %s", sp->path, m->tmpname, strerror(errno));
+		fail(p, "fdatasync %s/body/%s: %s", sp->path, m->tmpname, strerror(errno));
 	if (close(m->fd) < 0 && rc == 0)
 		fail(p, "close %s/body/%s: %s", sp->path, m->tmpname, strerror(errno));
 	m->fd = -1;
@@ -683,6 +683,10 @@ static void commit_batch(struct spool *sp, struct pending *list)
 	size_t n = 0, n_files = 0, n_ok = 0, commits;
 	struct pending *next;
 
+	/* start writeback of every body file at once, then wait for each */
+	for (struct pending *p = list; p; p = p->next)
+		if (p->msg->fd >= 0)
+			sync_file_range(p->msg->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 	for (struct pending *p = list; p; p = p->next) {
 		n++;
 		prepare_file(sp, p);
