@@ -35,6 +35,7 @@ enum conf_type {
 	CT_LISTEN,      /* list of host:port */
 	CT_NETS,        /* list of CIDR networks */
 	CT_DOMAINS,     /* list of domain names */
+	CT_DURATIONS,   /* list of durations (retry schedule) */
 };
 
 struct conf_key {
@@ -90,6 +91,20 @@ static const struct conf_key conf_keys[] = {
 	{ "control", "max_per_uid", CT_UINT, OFF(control_max_per_uid), "8", 1, 1024, "a number from 1 to 1024" },
 
 	{ "counters", "shm_name", CT_STRING, OFF(shm_name), "/carrier", 0, 0, "a POSIX shared memory name starting with '/'" },
+
+	{ "delivery", "retry_schedule", CT_DURATIONS, OFF(retry_schedule), "1m, 5m, 15m, 30m, 1h, 2h, 4h", 1, 7 * 86400, "a comma-separated list of durations from 1s to 7d; the last one repeats" },
+	{ "delivery", "max_queue_lifetime", CT_DURATION, OFF(max_queue_lifetime), "5d", 1, 60 * 86400, "a duration from 1s to 60d" },
+	{ "delivery", "delay_warning", CT_DURATION, OFF(delay_warning), "4h", 0, 60 * 86400, "a duration, or 0 for no delay warnings" },
+	{ "delivery", "max_deliveries", CT_UINT, OFF(max_deliveries), "200", 1, 100000, "a number from 1 to 100000" },
+	{ "delivery", "max_connections_per_destination", CT_UINT, OFF(max_connections_per_destination), "20", 1, 10000, "a number from 1 to 10000" },
+	{ "delivery", "connect_timeout", CT_DURATION, OFF(connect_timeout), "30s", 1, 600, "a duration from 1s to 10m" },
+	{ "delivery", "command_timeout", CT_DURATION, OFF(out_command_timeout), "5m", 1, 3600, "a duration from 1s to 1h (RFC 5321 suggests 5m)" },
+	{ "delivery", "data_timeout", CT_DURATION, OFF(out_data_timeout), "10m", 1, 3600, "a duration from 1s to 1h (RFC 5321 suggests 10m for the final dot)" },
+	{ "delivery", "helo_name", CT_STRING, OFF(helo_name), "", 0, 0, "a host name for EHLO, or empty for server.hostname" },
+	{ "delivery", "double_bounce_to", CT_STRING, OFF(double_bounce_to), "", 0, 0, "an address that receives bounces that could not be delivered, or empty to drop them with an event" },
+
+	{ "dns", "forwarder", CT_STRING, OFF(dns_forwarder), "", 0, 0, "empty for the resolvers of resolv_conf, or ADDRESS@PORT of a forwarder such as 127.0.0.1@5353" },
+	{ "dns", "resolv_conf", CT_PATH, OFF(dns_resolv_conf), "/etc/resolv.conf", 0, 0, "a resolv.conf path" },
 };
 
 #define CONF_N_KEYS (sizeof conf_keys / sizeof conf_keys[0])
@@ -131,6 +146,8 @@ struct conf_parse {
 	FILE *fp;
 	const char *text;
 	char bad_section[64];           /* last unknown section, reported once */
+	unsigned section_line;          /* line of the current [section] header */
+	unsigned route_line;            /* header line of the route being filled */
 };
 
 static char *xstrdup(const char *s)
@@ -446,6 +463,29 @@ static int add_domain(const char *item, void *arg, char *why, size_t wl)
 	return 0;
 }
 
+struct durations {
+	struct carrier_conf *c;
+	const struct conf_key *k;
+	unsigned **v;
+	size_t *n;
+};
+
+static int add_duration(const char *item, void *arg, char *why, size_t wl)
+{
+	struct durations *d = arg;
+	unsigned long long secs;
+
+	if (parse_duration(item, &secs, why, wl) < 0)
+		return -1;
+	if (secs < d->k->min || secs > d->k->max) {
+		snprintf(why, wl, "%s is out of range", item);
+		return -1;
+	}
+	*d->v = grow(*d->v, *d->n, sizeof **d->v);
+	(*d->v)[(*d->n)++] = (unsigned)secs;
+	return 0;
+}
+
 static int make_path(const char *v, char **r, char *why, size_t wl)
 {
 	char cwd[PATH_MAX];
@@ -490,6 +530,10 @@ static void clear_list(struct carrier_conf *c, enum conf_type t)
 		free(c->local_domains);
 		c->local_domains = NULL;
 		c->n_local_domains = 0;
+	} else if (t == CT_DURATIONS) {
+		free(c->retry_schedule);
+		c->retry_schedule = NULL;
+		c->n_retry_schedule = 0;
 	}
 }
 
@@ -545,6 +589,18 @@ static int apply_key(struct carrier_conf *c, const struct conf_key *k, const cha
 	case CT_DOMAINS:
 		clear_list(c, k->type);
 		return for_each_item(v, add_domain, c, why, wl);
+	case CT_DURATIONS: {
+		struct durations d = { c, k, &c->retry_schedule, &c->n_retry_schedule };
+
+		clear_list(c, k->type);
+		if (for_each_item(v, add_duration, &d, why, wl) < 0)
+			return -1;
+		if (c->n_retry_schedule == 0) {
+			snprintf(why, wl, "empty list");
+			return -1;
+		}
+		return 0;
+	}
 	}
 	return -1;
 }
@@ -604,10 +660,11 @@ static void suggest_key(const char *section, const char *name, char *out, size_t
 static void suggest_section(const char *section, char *out, size_t size)
 {
 	static const char *const sections[] = { "server", "smtp", "spool", "local",
-						"log", "control", "counters" };
+						"log", "control", "counters", "delivery",
+						"dns", "route" };
 	size_t best = 3;
 
-	snprintf(out, size, " (expected one of [server], [smtp], [spool], [local], [log], [control], [counters])");
+	snprintf(out, size, " (expected one of [server], [smtp], [spool], [local], [log], [control], [counters], [delivery], [dns], [route DOMAIN])");
 	for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
 		size_t d = edit_distance(section, sections[i]);
 
@@ -642,6 +699,81 @@ static int conf_set_level(struct conf_parse *p, const char *name, const char *va
 	return 1;
 }
 
+static bool route_space_ok(const char *space)
+{
+	if (strcmp(space, "*") == 0)
+		return true;
+	if (space[0] == '*' && space[1] == '.')
+		space += 2;
+	return domain_ok(space);
+}
+
+static struct conf_route *route_current(struct conf_parse *p, const char *space)
+{
+	struct carrier_conf *c = p->conf;
+	struct conf_route *r;
+
+	if (c->n_routes > 0 && p->route_line == p->section_line)
+		return &c->routes[c->n_routes - 1];
+	c->routes = grow(c->routes, c->n_routes, sizeof *c->routes);
+	r = &c->routes[c->n_routes++];
+	memset(r, 0, sizeof *r);
+	snprintf(r->space, sizeof r->space, "%s", space);
+	for (char *q = r->space; *q; q++)
+		*q = (char)tolower((unsigned char)*q);
+	r->cost = 10;
+	r->via = xstrdup("");
+	r->tls = xstrdup("");
+	r->line = p->section_line;
+	p->route_line = p->section_line;
+	if (!route_space_ok(r->space))
+		conf_err(p, r->line, "route", "'%s' is not an address space (expected [route DOMAIN], [route *.DOMAIN] or [route *])", space);
+	return r;
+}
+
+/* [route SPACE] sections: several may share a space (failover by cost). */
+static int conf_set_route(struct conf_parse *p, const char *space, const char *name,
+			  const char *value)
+{
+	struct conf_route *r;
+	char key[300], why[256];
+	unsigned long long n;
+
+	while (*space == ' ')
+		space++;
+	r = route_current(p, space);
+	snprintf(key, sizeof key, "route %s.%s", r->space, name);
+	if (strcasecmp(name, "via") == 0) {
+		if (r->via_line)
+			conf_err(p, p->line, key, "set twice (first at line %u); expected once", r->via_line);
+		free(r->via);
+		r->via = xstrdup(value);
+		r->via_line = p->line;
+	} else if (strcasecmp(name, "tls") == 0) {
+		free(r->tls);
+		r->tls = xstrdup(value);
+	} else if (strcasecmp(name, "cost") == 0 || strcasecmp(name, "max_connections") == 0 ||
+		   strcasecmp(name, "max_rate") == 0) {
+		if (parse_uint(value, &n, why, sizeof why) < 0 || n > 1000000) {
+			conf_err(p, p->line, key, "'%s' is not a number from 0 to 1000000", value);
+			return 1;
+		}
+		if (strcasecmp(name, "cost") == 0)
+			r->cost = (unsigned)n;
+		else if (strcasecmp(name, "max_connections") == 0)
+			r->max_connections = (unsigned)n;
+		else
+			r->max_rate = (unsigned)n;
+	} else {
+		const char *hint = edit_distance(name, "via") <= 2 ? " (did you mean 'via'?)" :
+				   edit_distance(name, "cost") <= 2 ? " (did you mean 'cost'?)" :
+				   " (expected via, cost, max_connections, max_rate or tls)";
+
+		conf_err(p, p->line, key, "unknown key%s", hint);
+	}
+	return 1;
+}
+
 static int conf_handler(void *user, const char *section, const char *name, const char *value)
 {
 	struct conf_parse *p = user;
@@ -650,6 +782,8 @@ static int conf_handler(void *user, const char *section, const char *name, const
 	snprintf(key, sizeof key, "%s.%s", section, name);
 	if (strcasecmp(section, "log") == 0 && strncasecmp(name, "level.", 6) == 0)
 		return conf_set_level(p, name, value);
+	if (strncasecmp(section, "route", 5) == 0 && (section[5] == ' ' || section[5] == '\0'))
+		return conf_set_route(p, section + 5, name, value);
 	for (size_t i = 0; i < CONF_N_KEYS; i++) {
 		const struct conf_key *k = &conf_keys[i];
 
@@ -742,6 +876,8 @@ static char *conf_reader(char *str, int num, void *stream)
 			conf_err(p, p->line, "syntax", "section header without ']' (expected [name])");
 			continue;
 		}
+		if (*s == '[')
+			p->section_line = p->line;  /* tells apart two [route x] */
 		memcpy(str, line, len + 1);
 		return str;
 	}
@@ -762,6 +898,14 @@ static void conf_defaults(struct carrier_conf *c)
 static void conf_validate(struct conf_parse *p)
 {
 	struct carrier_conf *c = p->conf;
+
+	for (size_t i = 0; i < c->n_routes; i++) {
+		char key[300];
+
+		snprintf(key, sizeof key, "route %s.via", c->routes[i].space);
+		if (c->routes[i].via[0] == '\0')
+			conf_err(p, c->routes[i].line, key, "missing (expected via = smtp:[HOST]:PORT, mx, lmtp:unix:/PATH, lmtp:[HOST]:PORT, maildir:/PATH, discard or reject)");
+	}
 
 	for (size_t i = 0; i < CONF_N_KEYS; i++) {
 		const struct conf_key *k = &conf_keys[i];
@@ -844,6 +988,11 @@ void conf_free(struct carrier_conf **confp)
 		else
 			clear_list(c, t);
 	}
+	for (size_t i = 0; i < c->n_routes; i++) {
+		free(c->routes[i].via);
+		free(c->routes[i].tls);
+	}
+	free(c->routes);
 	free(c->path);
 	free(c);
 	*confp = NULL;
@@ -929,6 +1078,10 @@ static void dump_value(const struct carrier_conf *c, const struct conf_key *k, F
 		for (size_t i = 0; i < c->n_local_domains; i++)
 			fprintf(out, "%s%s", i ? ", " : "", c->local_domains[i]);
 		break;
+	case CT_DURATIONS:
+		for (size_t i = 0; i < c->n_retry_schedule; i++)
+			fprintf(out, "%s%us", i ? ", " : "", c->retry_schedule[i]);
+		break;
 	}
 }
 
@@ -951,5 +1104,16 @@ void conf_dump(const struct carrier_conf *conf, FILE *out)
 		fprintf(out, "%s = ", k->name);
 		dump_value(conf, k, out);
 		fputc('\n', out);
+	}
+	for (size_t i = 0; i < conf->n_routes; i++) {
+		const struct conf_route *r = &conf->routes[i];
+
+		fprintf(out, "\n[route %s]\nvia = %s\ncost = %u\n", r->space, r->via, r->cost);
+		if (r->max_connections)
+			fprintf(out, "max_connections = %u\n", r->max_connections);
+		if (r->max_rate)
+			fprintf(out, "max_rate = %u\n", r->max_rate);
+		if (r->tls[0])
+			fprintf(out, "tls = %s\n", r->tls);
 	}
 }

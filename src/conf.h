@@ -32,6 +32,22 @@ struct conf_listen {
 	enum conf_listen_role role;
 };
 
+/*
+ * One [route SPACE] section, as written.  The route module validates `via`
+ * and builds the table (route_table_new), reporting errors against `file`
+ * and the lines below in the same FILE:LINE format.
+ */
+struct conf_route {
+	char space[CONF_HOST_MAX];      /* "example.net", "*.example.net", "*" */
+	char *via;                      /* "smtp:[10.0.0.5]:25", "mx", "lmtp:unix:/p", ... */
+	unsigned cost;                  /* lower is tried first; default 10 */
+	unsigned max_connections;       /* per next hop; 0 = delivery default */
+	unsigned max_rate;              /* messages per second; 0 = unlimited */
+	char *tls;                      /* outbound TLS policy; "" = default */
+	unsigned line;                  /* of the [route ...] header */
+	unsigned via_line;              /* of via =, 0 when missing */
+};
+
 /* A network in CIDR form, for relay_networks. */
 struct conf_net {
 	int family;                     /* AF_INET or AF_INET6 */
@@ -91,6 +107,27 @@ struct carrier_conf {
 
 	/* [counters] */
 	char *shm_name;                 /* POSIX shm object, e.g. "/carrier" */
+
+	/* [delivery] */
+	unsigned *retry_schedule;       /* seconds between attempts; the last repeats */
+	size_t n_retry_schedule;
+	unsigned max_queue_lifetime;    /* seconds; then the recipient bounces */
+	unsigned delay_warning;         /* seconds; 0 = never warn */
+	unsigned max_deliveries;        /* outbound deliveries in progress, in all */
+	unsigned max_connections_per_destination;
+	unsigned connect_timeout;       /* seconds */
+	unsigned out_command_timeout;   /* seconds, RFC 5321 4.5.3.2 */
+	unsigned out_data_timeout;      /* seconds, for the final dot */
+	char *helo_name;                /* "" = server.hostname */
+	char *double_bounce_to;         /* "" = drop failed bounces with an event */
+
+	/* [dns] */
+	char *dns_forwarder;            /* "" = resolv.conf; "127.0.0.1@5353" */
+	char *dns_resolv_conf;
+
+	/* [route ...] sections, in file order */
+	struct conf_route *routes;
+	size_t n_routes;
 };
 
 /* One configuration error, FILE:LINE: key: problem (expected ...). */

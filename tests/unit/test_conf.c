@@ -249,6 +249,46 @@ static void test_dump_round_trip(void **state)
 	conf_free(&b);
 }
 
+static void test_routes(void **state)
+{
+	struct conf_errors errs;
+	char buf[512];
+	struct carrier_conf *c = load(
+		"[route Example.NET]\n"
+		"via = smtp:[192.0.2.5]:25\n"
+		"cost = 1\n"
+		"[route example.net]\n"
+		"via = smtp:[192.0.2.6]:25\n"
+		"cost = 5\n"
+		"[route *]\n"
+		"via = mx\n"
+		"[delivery]\n"
+		"retry_schedule = 10s, 1m\n",
+		&errs);
+
+	assert_non_null(c);
+	assert_int_equal(c->n_routes, 3);
+	assert_string_equal(c->routes[0].space, "example.net");
+	assert_int_equal(c->routes[0].cost, 1);
+	assert_int_equal(c->routes[0].line, 1);
+	assert_string_equal(c->routes[1].via, "smtp:[192.0.2.6]:25");
+	assert_int_equal(c->routes[1].line, 4);
+	assert_int_equal(c->routes[2].cost, 10);
+	assert_int_equal(c->n_retry_schedule, 2);
+	assert_int_equal(c->retry_schedule[1], 60);
+	conf_free(&c);
+
+	c = load("[route *.x..y]\nvai = mx\n[route a.example]\ncost = lots\n", &errs);
+	assert_null(c);
+	assert_int_equal(errs.n, 5);
+	assert_contains(error_line(&errs, 0, buf, sizeof buf), "test.conf:1: route: '*.x..y' is not an address space");
+	assert_contains(error_line(&errs, 1, buf, sizeof buf), "test.conf:2: route *.x..y.vai: unknown key (did you mean 'via'?)");
+	assert_contains(error_line(&errs, 2, buf, sizeof buf), "test.conf:4: route a.example.cost: 'lots' is not a number");
+	assert_contains(error_line(&errs, 3, buf, sizeof buf), "test.conf:1: route *.x..y.via: missing");
+	assert_contains(error_line(&errs, 4, buf, sizeof buf), "test.conf:3: route a.example.via: missing");
+	conf_errors_clear(&errs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -262,6 +302,7 @@ int main(void)
 		cmocka_unit_test(test_long_line),
 		cmocka_unit_test(test_unreadable_file),
 		cmocka_unit_test(test_dump_round_trip),
+		cmocka_unit_test(test_routes),
 	};
 
 	return cmocka_run_group_tests_name("conf", tests, NULL, NULL);
