@@ -110,12 +110,23 @@ static int open_dir_at(int dfd, const char *name, bool *created_r)
 {
 	int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
-	if (fd >= 0 || errno != ENOENT)
-		return fd;
-	if (mkdirat(dfd, name, 0700) < 0 && errno != EEXIST)
-		return -1;
-	*created_r = true;
-	return openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	if (fd < 0 && errno == ENOENT) {
+		if (mkdirat(dfd, name, 0700) < 0 && errno != EEXIST)
+			return -1;
+		*created_r = true;
+		fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+	}
+	if (fd < 0 && errno == ENOTDIR) {
+		/* Linux says ENOTDIR for a symlink with O_NOFOLLOW|O_DIRECTORY:
+		 * tell the two apart for the reason. */
+		struct stat st;
+
+		if (fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+			errno = ELOOP;
+		else
+			errno = ENOTDIR;
+	}
+	return fd;
 }
 
 static int open_root(const char *root)

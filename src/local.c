@@ -1,0 +1,624 @@
+/*
+ * local: the local delivery runner (see local.h for the contract).
+ *
+ * Owns a worker thread, a refcounted copy of the configuration it needs and
+ * a short list of results the spool could not store yet.  Must not change
+ * the spool other than through spool.h, nor block the event loop: every
+ * spool and Maildir call runs on the worker.
+ */
+#include "local.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+#include "conf.h"
+#include "counters.h"
+#include "evlog.h"
+#include "maildir.h"
+#include "spool.h"
+
+#define LOCAL_BATCH 1024          /* messages collected per scan at most */
+#define LOCAL_MAX_SLEEP 300       /* seconds between scans at most */
+#define LOCAL_ERROR_RETRY 60      /* seconds after a spool read error */
+#define LOCAL_UNRECORDED_MAX 4096 /* results kept when the spool refuses */
+
+/* The part of the configuration the worker uses, shared by refcount. */
+struct local_cfg {
+	unsigned refs;            /* under local.mu */
+	char *root;
+	char *hostname;
+	char **domains;
+	size_t n_domains;
+};
+
+/* A result the spool refused to store; recorded again before new work. */
+struct unrecorded {
+	char qid[SPOOL_QID_SIZE];
+	size_t index;
+	enum spool_rcpt_state state;
+	char *reply;
+	int64_t next_attempt;
+};
+
+struct local {
+	struct event_base *base;
+	struct evlog *log;
+	struct counters *ctr;
+	struct spool *spool;
+
+	pthread_mutex_t mu;
+	pthread_cond_t wake;      /* worker waits for a kick or a deadline */
+	pthread_cond_t idle_cv;   /* local_wait_idle waits for the worker */
+	pthread_t thread;
+	bool kicked, stop, busy;
+	struct local_cfg *cfg;
+
+	/* worker only */
+	uint64_t seq;
+	struct unrecorded *unrec;
+	size_t n_unrec;
+};
+
+/* What one scan collected. */
+struct scan {
+	struct local *l;
+	const struct local_cfg *cfg;
+	int64_t now;
+	int64_t next_due;         /* earliest future next_attempt, 0 = none */
+	char (*qids)[SPOOL_QID_SIZE];
+	size_t n, cap;
+	bool more;                /* stopped at LOCAL_BATCH */
+};
+
+int64_t local_backoff(uint32_t attempts)
+{
+	static const int64_t steps[] = { 60, 300, 900, 1800, 3600, 7200, 14400 };
+	size_t n = sizeof steps / sizeof steps[0];
+
+	if (attempts == 0)
+		attempts = 1;
+	return attempts > n ? steps[n - 1] : steps[attempts - 1];
+}
+
+/* ---- configuration copies ----------------------------------------------- */
+
+static void cfg_free(struct local_cfg *c)
+{
+	if (c == NULL)
+		return;
+	for (size_t i = 0; i < c->n_domains; i++)
+		free(c->domains[i]);
+	free(c->domains);
+	free(c->root);
+	free(c->hostname);
+	free(c);
+}
+
+static struct local_cfg *cfg_new(const struct carrier_conf *conf)
+{
+	struct local_cfg *c = calloc(1, sizeof *c);
+
+	if (c == NULL)
+		return NULL;
+	c->refs = 1;
+	c->root = strdup(conf->maildir_path ? conf->maildir_path : "");
+	c->hostname = strdup(conf->hostname ? conf->hostname : "");
+	c->domains = calloc(conf->n_local_domains + 1, sizeof *c->domains);
+	if (c->root == NULL || c->hostname == NULL || c->domains == NULL)
+		goto fail;
+	for (size_t i = 0; i < conf->n_local_domains; i++) {
+		if ((c->domains[i] = strdup(conf->local_domains[i])) == NULL)
+			goto fail;
+		c->n_domains++;
+	}
+	return c;
+fail:
+	cfg_free(c);
+	return NULL;
+}
+
+static struct local_cfg *cfg_get(struct local *l)
+{
+	struct local_cfg *c;
+
+	pthread_mutex_lock(&l->mu);
+	c = l->cfg;
+	c->refs++;
+	pthread_mutex_unlock(&l->mu);
+	return c;
+}
+
+static void cfg_put(struct local *l, struct local_cfg *c)
+{
+	bool last;
+
+	pthread_mutex_lock(&l->mu);
+	last = --c->refs == 0;
+	pthread_mutex_unlock(&l->mu);
+	if (last)
+		cfg_free(c);
+}
+
+/*
+ * Splits `addr` at its last '@' into the local part (into lp) and the
+ * domain (pointer into addr).  An address without '@' (postmaster) is in
+ * the first local domain.  Returns true when the recipient is local.
+ */
+static bool rcpt_local(const struct local_cfg *c, const char *addr,
+		       char *lp, size_t lplen, const char **domain_r)
+{
+	const char *at = strrchr(addr, '@');
+	size_t n = at ? (size_t)(at - addr) : strlen(addr);
+
+	if (n >= lplen)
+		n = lplen - 1;
+	memcpy(lp, addr, n);
+	lp[n] = '\0';
+	if (at == NULL) {
+		*domain_r = c->n_domains ? c->domains[0] : "";
+		return c->n_domains > 0;
+	}
+	*domain_r = at + 1;
+	for (size_t i = 0; i < c->n_domains; i++)
+		if (strcasecmp(at + 1, c->domains[i]) == 0)
+			return true;
+	return false;
+}
+
+static bool is_unrecorded(const struct local *l, const char *qid, size_t index)
+{
+	for (size_t i = 0; i < l->n_unrec; i++)
+		if (l->unrec[i].index == index && !strcmp(l->unrec[i].qid, qid))
+			return true;
+	return false;
+}
+
+/* Whether recipient i of env is local and due now; updates next_due. */
+static bool rcpt_due(struct local *l, const struct local_cfg *c,
+		     const struct spool_envelope *env, size_t i, int64_t now,
+		     int64_t *next_due)
+{
+	const struct spool_rcpt *r = &env->rcpts[i];
+	char lp[1024];
+	const char *domain;
+
+	if (r->state != SPOOL_RCPT_QUEUED && r->state != SPOOL_RCPT_DEFERRED)
+		return false;
+	if (!rcpt_local(c, r->addr, lp, sizeof lp, &domain))
+		return false;
+	if (is_unrecorded(l, env->qid, i))
+		return false;
+	if (r->state == SPOOL_RCPT_DEFERRED && r->next_attempt > now) {
+		if (*next_due == 0 || r->next_attempt < *next_due)
+			*next_due = r->next_attempt;
+		return false;
+	}
+	return true;
+}
+
+static int scan_cb(void *arg, const struct spool_envelope *env)
+{
+	struct scan *s = arg;
+	bool due = false;
+
+	for (size_t i = 0; i < env->n_rcpts; i++)
+		if (rcpt_due(s->l, s->cfg, env, i, s->now, &s->next_due))
+			due = true;
+	if (!due)
+		return 0;
+	if (s->n == s->cap) {
+		size_t cap = s->cap ? s->cap * 2 : 64;
+		void *v = realloc(s->qids, cap * sizeof *s->qids);
+
+		if (v == NULL)
+			return -2;
+		s->qids = v;
+		s->cap = cap;
+	}
+	memcpy(s->qids[s->n++], env->qid, SPOOL_QID_SIZE);
+	if (s->n >= LOCAL_BATCH) {
+		s->more = true;
+		return 1;
+	}
+	return 0;
+}
+
+/* ---- recording results ---------------------------------------------------- */
+
+static void keep_unrecorded(struct local *l, const char *qid, size_t index,
+			    enum spool_rcpt_state state, const char *reply,
+			    int64_t next_attempt)
+{
+	struct unrecorded *u;
+
+	if (l->n_unrec == LOCAL_UNRECORDED_MAX)
+		return;    /* it will be delivered again: the documented window */
+	u = realloc(l->unrec, (l->n_unrec + 1) * sizeof *u);
+	if (u == NULL)
+		return;
+	l->unrec = u;
+	u = &l->unrec[l->n_unrec];
+	snprintf(u->qid, sizeof u->qid, "%s", qid);
+	u->index = index;
+	u->state = state;
+	u->reply = reply ? strdup(reply) : NULL;
+	u->next_attempt = next_attempt;
+	l->n_unrec++;
+}
+
+static const char *state_name(enum spool_rcpt_state s)
+{
+	switch (s) {
+	case SPOOL_RCPT_QUEUED:
+		return "queued";
+	case SPOOL_RCPT_DEFERRED:
+		return "deferred";
+	case SPOOL_RCPT_DELIVERED:
+		return "delivered";
+	case SPOOL_RCPT_FAILED:
+		return "failed";
+	}
+	return "?";
+}
+
+/* Stores one result; on failure logs and keeps it for the next scan. */
+static int record(struct local *l, const char *qid, size_t index, const char *rcpt,
+		  enum spool_rcpt_state state, const char *reply, int64_t next_attempt)
+{
+	char err[512];
+	int rc = spool_rcpt_update(l->spool, qid, index, state, reply, next_attempt,
+				   err, sizeof err);
+
+	if (rc >= 0)
+		return 0;
+	evlog_emit(l->log, EV_LOCAL_RECORD_FAILED, EVF_S("qid", qid), EVF_S("rcpt", rcpt),
+		   EVF_S("result", state_name(state)), EVF_S("reason", err));
+	keep_unrecorded(l, qid, index, state, reply, next_attempt);
+	return -1;
+}
+
+static void retry_unrecorded(struct local *l)
+{
+	size_t kept = 0;
+	char err[512];
+
+	for (size_t i = 0; i < l->n_unrec; i++) {
+		struct unrecorded *u = &l->unrec[i];
+
+		if (spool_rcpt_update(l->spool, u->qid, u->index, u->state, u->reply,
+				      u->next_attempt, err, sizeof err) >= 0) {
+			free(u->reply);
+			continue;
+		}
+		l->unrec[kept++] = *u;
+	}
+	l->n_unrec = kept;
+}
+
+static void count(struct local *l, enum counters_id id)
+{
+	if (l->ctr != NULL)
+		counters_add(counters_block(l->ctr), id, 1);
+}
+
+/* ---- delivering one message ------------------------------------------------ */
+
+struct msgctx {
+	struct local *l;
+	const struct local_cfg *cfg;
+	const struct spool_envelope *env;
+	struct spool_body *body;
+	enum spool_rcpt_state *states;  /* per recipient, as now known */
+};
+
+/* True when another recipient of the message with the same address is
+ * (now) delivered: this one is then a duplicate. */
+static bool duplicate_of(const struct msgctx *m, size_t i)
+{
+	for (size_t k = 0; k < m->env->n_rcpts; k++)
+		if (k != i && m->states[k] == SPOOL_RCPT_DELIVERED &&
+		    strcasecmp(m->env->rcpts[k].addr, m->env->rcpts[i].addr) == 0)
+			return true;
+	return false;
+}
+
+static void deliver_rcpt(struct msgctx *m, size_t i, int64_t now)
+{
+	struct local *l = m->l;
+	const struct spool_rcpt *r = &m->env->rcpts[i];
+	const char *qid = m->env->qid, *domain;
+	char lp[1024], path[4096], err[1024], reply[1200];
+	struct maildir_msg msg = { .fd = -1 };
+	enum maildir_result res;
+	size_t len = 0;
+
+	rcpt_local(m->cfg, r->addr, lp, sizeof lp, &domain);
+	if (duplicate_of(m, i)) {
+		if (record(l, qid, i, r->addr, SPOOL_RCPT_DELIVERED,
+			   "2.0.0 duplicate recipient, delivered once", 0) == 0)
+			m->states[i] = SPOOL_RCPT_DELIVERED;
+		return;
+	}
+	msg.localpart = lp;
+	msg.domain = domain;
+	msg.sender = m->env->sender;
+	msg.mem = spool_body_mem(m->body, &len);
+	msg.fd = spool_body_fd(m->body);
+	msg.size = msg.mem ? len : spool_body_size(m->body);
+	msg.seq = l->seq++;
+	msg.hostname = m->cfg->hostname;
+	if (m->cfg->root[0] == '\0') {
+		snprintf(err, sizeof err, "no Maildir root configured (local.maildir)");
+		res = MAILDIR_TEMP;
+	} else {
+		res = maildir_deliver(m->cfg->root, &msg, path, sizeof path, err, sizeof err);
+	}
+	if (res == MAILDIR_OK) {
+		snprintf(reply, sizeof reply, "2.0.0 delivered to %s", path);
+		if (record(l, qid, i, r->addr, SPOOL_RCPT_DELIVERED, reply, 0) == 0)
+			m->states[i] = SPOOL_RCPT_DELIVERED;
+		evlog_emit(l->log, EV_LOCAL_DELIVERED, EVF_S("qid", qid),
+			   EVF_S("rcpt", r->addr), EVF_S("path", path));
+		count(l, COUNTER_MSG_DELIVERED);
+	} else if (res == MAILDIR_TEMP) {
+		int64_t delay = local_backoff(r->attempts + 1);
+
+		snprintf(reply, sizeof reply, "4.2.0 %s", err);
+		record(l, qid, i, r->addr, SPOOL_RCPT_DEFERRED, reply, now + delay);
+		m->states[i] = SPOOL_RCPT_DEFERRED;
+		evlog_emit(l->log, EV_LOCAL_DEFERRED, EVF_S("qid", qid), EVF_S("rcpt", r->addr),
+			   EVF_I("attempt", r->attempts + 1), EVF_I("delay", delay),
+			   EVF_S("reason", err));
+		count(l, COUNTER_MSG_DEFERRED);
+	} else {
+		snprintf(reply, sizeof reply, "5.2.0 %s", err);
+		if (record(l, qid, i, r->addr, SPOOL_RCPT_FAILED, reply, 0) == 0)
+			m->states[i] = SPOOL_RCPT_FAILED;
+		evlog_emit(l->log, EV_LOCAL_FAILED, EVF_S("qid", qid), EVF_S("rcpt", r->addr),
+			   EVF_S("reason", err));
+		count(l, COUNTER_MSG_BOUNCED);
+	}
+}
+
+static void remove_if_final(struct local *l, const struct msgctx *m)
+{
+	char err[512];
+
+	for (size_t i = 0; i < m->env->n_rcpts; i++)
+		if (m->states[i] != SPOOL_RCPT_DELIVERED && m->states[i] != SPOOL_RCPT_FAILED)
+			return;
+	if (spool_remove(l->spool, m->env->qid, err, sizeof err) == 0)
+		evlog_emit(l->log, EV_LOCAL_REMOVED, EVF_S("qid", m->env->qid));
+	else
+		evlog_emit(l->log, EV_LOCAL_SPOOL_FAILED, EVF_S("reason", err));
+}
+
+/* Loads qid afresh and delivers its due local recipients.  Returns 0, or
+ * -1 after a spool read error (already logged). */
+static int deliver_message(struct local *l, const struct local_cfg *cfg,
+			   const char *qid, int64_t *next_due)
+{
+	struct spool_envelope *env = NULL;
+	struct msgctx m = { .l = l, .cfg = cfg };
+	char err[512], why[640];
+	int64_t now = (int64_t)time(NULL);
+	int rc;
+
+	rc = spool_load(l->spool, qid, &env, err, sizeof err);
+	if (rc == 1)
+		return 0;  /* removed meanwhile */
+	if (rc == 0)
+		rc = spool_body_open(l->spool, qid, &m.body, err, sizeof err);
+	if (rc != 0) {
+		spool_envelope_free(&env);
+		if (rc == 1)
+			return 0;
+		snprintf(why, sizeof why, "%s: %s", qid, err);
+		evlog_emit(l->log, EV_LOCAL_SPOOL_FAILED, EVF_S("reason", why));
+		return -1;
+	}
+	m.env = env;
+	m.states = calloc(env->n_rcpts ? env->n_rcpts : 1, sizeof *m.states);
+	if (m.states != NULL) {
+		for (size_t i = 0; i < env->n_rcpts; i++)
+			m.states[i] = env->rcpts[i].state;
+		for (size_t i = 0; i < env->n_rcpts; i++)
+			if (rcpt_due(l, cfg, env, i, now, next_due))
+				deliver_rcpt(&m, i, now);
+		remove_if_final(l, &m);
+	}
+	free(m.states);
+	spool_body_close(&m.body);
+	spool_envelope_free(&env);
+	return 0;
+}
+
+static bool stopping(struct local *l)
+{
+	bool s;
+
+	pthread_mutex_lock(&l->mu);
+	s = l->stop;
+	pthread_mutex_unlock(&l->mu);
+	return s;
+}
+
+/*
+ * One scan: stores results kept from earlier, collects the due messages,
+ * delivers them.  Sets *next_due to the earliest future attempt (0 =
+ * none) and returns true when it should run again at once.
+ */
+static bool run_scan(struct local *l, int64_t *next_due)
+{
+	struct local_cfg *cfg = cfg_get(l);
+	struct scan s = { .l = l, .cfg = cfg, .now = (int64_t)time(NULL) };
+	char err[512];
+	int rc;
+
+	retry_unrecorded(l);
+	rc = spool_foreach_pending(l->spool, scan_cb, &s, err, sizeof err);
+	if (rc == -1 || rc == -2) {
+		evlog_emit(l->log, EV_LOCAL_SPOOL_FAILED,
+			   EVF_S("reason", rc == -1 ? err : "out of memory"));
+		s.next_due = s.now + LOCAL_ERROR_RETRY;
+	}
+	for (size_t i = 0; i < s.n && !stopping(l); i++)
+		if (deliver_message(l, cfg, s.qids[i], &s.next_due) < 0)
+			s.next_due = (int64_t)time(NULL) + LOCAL_ERROR_RETRY;
+	if (l->n_unrec > 0 && (s.next_due == 0 || s.next_due > s.now + LOCAL_ERROR_RETRY))
+		s.next_due = s.now + LOCAL_ERROR_RETRY;
+	free(s.qids);
+	cfg_put(l, cfg);
+	*next_due = s.next_due;
+	return s.more;
+}
+
+static void *worker(void *arg)
+{
+	struct local *l = arg;
+	int64_t next_due = 0;
+	bool again = false;
+
+	pthread_mutex_lock(&l->mu);
+	while (!l->stop) {
+		if (!l->kicked && !again) {
+			int64_t now = (int64_t)time(NULL), until = now + LOCAL_MAX_SLEEP;
+			struct timespec ts = { 0 };
+
+			if (next_due > 0 && next_due < until)
+				until = next_due;
+			l->busy = false;
+			pthread_cond_broadcast(&l->idle_cv);
+			ts.tv_sec = (time_t)until;
+			if (until > now)
+				pthread_cond_timedwait(&l->wake, &l->mu, &ts);
+			if (l->stop)
+				break;
+			if (!l->kicked && (int64_t)time(NULL) < until)
+				continue;  /* spurious wake-up */
+		}
+		l->kicked = false;
+		l->busy = true;
+		pthread_mutex_unlock(&l->mu);
+		again = run_scan(l, &next_due);
+		pthread_mutex_lock(&l->mu);
+	}
+	l->busy = false;
+	pthread_cond_broadcast(&l->idle_cv);
+	pthread_mutex_unlock(&l->mu);
+	return NULL;
+}
+
+/* ---- public API ------------------------------------------------------------ */
+
+struct local *local_new(struct event_base *base, const struct carrier_conf *conf,
+			struct evlog *log, struct counters *ctr, struct spool *spool,
+			char *err, size_t errlen)
+{
+	struct local *l = calloc(1, sizeof *l);
+	int e;
+
+	if (l == NULL || (l->cfg = cfg_new(conf)) == NULL) {
+		snprintf(err, errlen, "local delivery: out of memory");
+		free(l);
+		return NULL;
+	}
+	l->base = base;
+	l->log = log;
+	l->ctr = ctr;
+	l->spool = spool;
+	l->kicked = true;   /* scan at start: mail queued before a restart */
+	l->busy = true;
+	pthread_mutex_init(&l->mu, NULL);
+	pthread_cond_init(&l->wake, NULL);
+	pthread_cond_init(&l->idle_cv, NULL);
+	e = pthread_create(&l->thread, NULL, worker, l);
+	if (e != 0) {
+		snprintf(err, errlen, "local delivery: cannot start its thread: %s", strerror(e));
+		cfg_free(l->cfg);
+		pthread_mutex_destroy(&l->mu);
+		pthread_cond_destroy(&l->wake);
+		pthread_cond_destroy(&l->idle_cv);
+		free(l);
+		return NULL;
+	}
+	return l;
+}
+
+void local_kick(struct local *l)
+{
+	if (l == NULL)
+		return;
+	pthread_mutex_lock(&l->mu);
+	l->kicked = true;
+	l->busy = true;
+	pthread_cond_signal(&l->wake);
+	pthread_mutex_unlock(&l->mu);
+}
+
+void local_set_conf(struct local *l, const struct carrier_conf *conf)
+{
+	struct local_cfg *c = cfg_new(conf), *old;
+	bool last;
+
+	if (l == NULL || c == NULL) {
+		cfg_free(c);
+		return;    /* keep the old copy rather than none */
+	}
+	pthread_mutex_lock(&l->mu);
+	old = l->cfg;
+	l->cfg = c;
+	last = --old->refs == 0;
+	pthread_mutex_unlock(&l->mu);
+	if (last)
+		cfg_free(old);
+	local_kick(l);   /* new local domains may make queued mail local */
+}
+
+bool local_wait_idle(struct local *l, unsigned timeout_ms)
+{
+	struct timespec ts;
+	bool idle;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	ts.tv_sec += timeout_ms / 1000;
+	ts.tv_nsec += (long)(timeout_ms % 1000) * 1000000L;
+	if (ts.tv_nsec >= 1000000000L) {
+		ts.tv_sec++;
+		ts.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&l->mu);
+	while (l->busy || l->kicked)
+		if (pthread_cond_timedwait(&l->idle_cv, &l->mu, &ts) == ETIMEDOUT)
+			break;
+	idle = !l->busy && !l->kicked;
+	pthread_mutex_unlock(&l->mu);
+	return idle;
+}
+
+void local_free(struct local **lp)
+{
+	struct local *l;
+
+	if (lp == NULL || (l = *lp) == NULL)
+		return;
+	*lp = NULL;
+	pthread_mutex_lock(&l->mu);
+	l->stop = true;
+	pthread_cond_signal(&l->wake);
+	pthread_mutex_unlock(&l->mu);
+	pthread_join(l->thread, NULL);
+	for (size_t i = 0; i < l->n_unrec; i++)
+		free(l->unrec[i].reply);
+	free(l->unrec);
+	cfg_free(l->cfg);
+	pthread_cond_destroy(&l->wake);
+	pthread_cond_destroy(&l->idle_cv);
+	pthread_mutex_destroy(&l->mu);
+	free(l);
+}

@@ -1,0 +1,79 @@
+/*
+ * local: the local delivery runner.
+ *
+ * Takes the spool's pending recipients whose domain is local (or that have
+ * no domain), delivers each into its Maildir with the maildir agent, and
+ * records each result in the spool: DELIVERED, DEFERRED with the next
+ * attempt after a backoff (1m, 5m, 15m, 30m, 1h, 2h, then every 4h), or
+ * FAILED.  A message whose recipients are all final is removed from the
+ * spool.  Recipients in other domains are left as they are (remote
+ * delivery is not this module's).  A recipient listed twice in a message
+ * is delivered once.  Expiry and bounces (DSN) are not done here yet.
+ *
+ * Threads: one worker thread of its own runs every scan, Maildir write,
+ * fsync and spool update (all blocking); the event loop only calls
+ * local_kick()/local_set_conf(), which take a mutex for a few instructions.
+ * Events and counters are emitted from the worker (both are thread-safe).
+ * The worker scans at start (mail queued before a restart), after each
+ * kick, when the earliest deferred local recipient is due, and at least
+ * every 5 minutes.
+ *
+ * Exactly once: the spool records a recipient DELIVERED right after the
+ * Maildir file is fsync'd in new/.  A crash (kill -9, power cut) between
+ * that fsync and the spool's commit of the update leaves the recipient
+ * QUEUED/DEFERRED, and it is delivered a second time after the restart:
+ * the one window of duplicate delivery (the message is never lost).  When
+ * the spool update itself fails while the daemon runs, the runner keeps
+ * the result in memory and retries recording it, without delivering again.
+ *
+ * Wiring: create after spool_open(), free before spool_close().
+ */
+#ifndef CARRIER_LOCAL_H
+#define CARRIER_LOCAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct local;
+struct event_base;
+struct carrier_conf;
+struct evlog;
+struct counters;
+struct spool;
+
+/*
+ * Starts the runner and its worker thread (which scans the spool at once).
+ * Copies what it needs from `conf` (maildir_path, local_domains, hostname),
+ * so `conf` may be freed after the call.  `log` and `ctr` may be NULL;
+ * `spool`, `log` and `ctr` must outlive the runner.  `base` is the loop the
+ * runner belongs to (kept for wiring; the worker needs nothing from it).
+ * Returns NULL with the reason in err (allocation, thread creation).
+ */
+struct local *local_new(struct event_base *base, const struct carrier_conf *conf,
+			struct evlog *log, struct counters *ctr, struct spool *spool,
+			char *err, size_t errlen);
+
+/* Asks for a scan soon (after a commit).  Never blocks on disk; any thread. */
+void local_kick(struct local *l);
+
+/* Swaps in a new configuration (reload): copied, used from the next
+ * message on; `conf` may be freed after the call.  Any thread. */
+void local_set_conf(struct local *l, const struct carrier_conf *conf);
+
+/*
+ * Tests and tools: waits until the worker is idle (no kick pending, no scan
+ * running) for at most timeout_ms.  Returns true when idle.  Blocks: never
+ * call it from an event loop.
+ */
+bool local_wait_idle(struct local *l, unsigned timeout_ms);
+
+/* Stops the worker after the message it is delivering, joins it, frees;
+ * clears *lp.  NULL and *lp == NULL are fine. */
+void local_free(struct local **lp);
+
+/* The delay before attempt number `attempts` + 1 after a temporary failure
+ * (attempts = failed attempts so far, >= 1): 60, 300, 900, ... seconds. */
+int64_t local_backoff(uint32_t attempts);
+
+#endif
