@@ -53,7 +53,6 @@ struct sync_wait {
 	char err[ERRLEN];
 };
 
-
 struct spool_msg {
 	struct spool *sp;
 	struct spool_envelope env;
@@ -64,8 +63,6 @@ struct spool_msg {
 	int fd;                    /* body/<qid>.tmp, or -1 */
 	char tmpname[SPOOL_QID_SIZE + 8];
 };
-
-
 
 void spool_opts_init(struct spool_opts *o)
 {
@@ -204,7 +201,6 @@ int spool_version_check(const char *path, unsigned *found_r,
 
 /* ---- helpers ---------------------------------------------------------- */
 
-
 static const char b32[] = "0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
 static void qid_encode(uint64_t us, uint32_t ctr, char buf[SPOOL_QID_SIZE])
@@ -285,9 +281,6 @@ static int write_all(int fd, const void *p, size_t n)
 	}
 	return 0;
 }
-
-
-
 
 /* ---- the builder ------------------------------------------------------ */
 
@@ -552,7 +545,6 @@ static void fail(struct pending *p, const char *fmt, ...)
 	vsnprintf(p->err, sizeof p->err, fmt, ap);
 	va_end(ap);
 }
-
 
 /* Makes a spilled body durable under its final name body/<qid>. */
 static void prepare_file(struct spool *sp, struct pending *p)
@@ -1021,7 +1013,8 @@ fail:
 	return -1;
 }
 
-/* Checks that the body an envelope points at exists. */
+/* Checks that the body an envelope points at exists (and, for a file,
+ * has the size the envelope records). */
 static int body_present(struct spool *sp, MDB_txn *txn,
 			const struct spool_envelope *env, char *why, size_t whylen)
 {
@@ -1029,11 +1022,18 @@ static int body_present(struct spool *sp, MDB_txn *txn,
 	struct stat st;
 
 	if (env->body_in_file) {
-		if (fstatat(sp->bodyfd, env->qid, &st, 0) == 0)
-			return 0;
-		seterr(why, whylen, "body file %s/body/%s: %s", sp->path, env->qid,
-		       strerror(errno));
-		return -1;
+		if (fstatat(sp->bodyfd, env->qid, &st, 0) < 0) {
+			seterr(why, whylen, "body file %s/body/%s: %s", sp->path,
+			       env->qid, strerror(errno));
+			return -1;
+		}
+		if ((uint64_t)st.st_size != env->size) {
+			seterr(why, whylen, "body file %s/body/%s has %lld bytes, the envelope says %llu",
+			       sp->path, env->qid, (long long)st.st_size,
+			       (unsigned long long)env->size);
+			return -1;
+		}
+		return 0;
 	}
 	if (mdb_get(txn, sp->db_body, &k, &v) == 0)
 		return 0;
