@@ -1549,7 +1549,7 @@ static void reply_octet(struct smtp_parse_reply_parser *p,
 		reply_fail(p, SMTP_PARSE_REPLY_SYNTAX);
 		return;
 	}
-	if (p->line_len > p->limits.max_line - 2 || p->limits.max_line < 2) {
+	if (p->limits.max_line < 3 || p->line_len > p->limits.max_line - 2) {
 		reply_fail(p, SMTP_PARSE_LINE_TOO_LONG);
 		return;
 	}
