@@ -120,4 +120,29 @@ int spool_read_decode_env(const MDB_val *k, const MDB_val *v,
 int spool_read_quarantine_key(struct spool *sp, const MDB_val *key,
 			      const char *reason, char *err, size_t errlen);
 
+/* A queue change applied by spool_read_apply(). */
+enum spool_op { SPOOL_OP_UPDATE, SPOOL_OP_REMOVE };
+struct spool_update {
+	enum spool_op op;
+	size_t idx;                  /* SPOOL_OP_UPDATE: recipient index, */
+	enum spool_rcpt_state state; /* new state, */
+	char *reply;                 /* reply text (NULL keeps the old one), */
+	int64_t next_attempt;        /* next attempt time */
+};
+struct spool_apply {
+	int lmdb;                    /* LMDB/errno code that broke the txn, or 0 */
+	bool damaged;                /* the envelope failed its checks */
+	bool had_file;               /* removed message had a body file */
+	char why[ERRLEN];
+};
+/* Applies u to the envelope of qid inside the write txn.  Returns 0 when
+ * applied, 1 when there is no such qid or recipient, -1 when refused,
+ * damaged (res->damaged) or on an LMDB error (res->lmdb: the txn must be
+ * aborted); the reason is in res->why.  On 1 or a refusal without an LMDB
+ * error nothing was written, so the txn can go on. */
+int spool_read_apply(struct spool *sp, MDB_txn *txn, const char *qid,
+		     const struct spool_update *u, struct spool_apply *res);
+/* Unlinks body/<qid> after its removal was committed (event on failure). */
+void spool_read_unlink_body(struct spool *sp, const char *qid);
+
 #endif

@@ -458,137 +458,125 @@ void spool_body_close(struct spool_body **bp)
 	*bp = NULL;
 }
 
-/* Runs `fn` on the envelope of qid inside one write txn; fn returns 0 to
- * write it back, 2 to delete the message, -1 (+why) to abort. */
-typedef int env_edit_fn(struct spool_envelope *env, void *arg, char *why, size_t whylen);
-
-static int edit_env(struct spool *sp, const char *qid, env_edit_fn *fn, void *arg,
-		    int *action_r, struct spool_envelope **env_r,
-		    char *err, size_t errlen)
+int spool_read_apply(struct spool *sp, MDB_txn *txn, const char *qid,
+		     const struct spool_update *u, struct spool_apply *res)
 {
 	MDB_val k = { .mv_size = strlen(qid), .mv_data = (void *)qid }, v;
 	struct spool_envelope *env = NULL;
-	MDB_txn *txn;
+	struct spool_rcpt *r;
 	uint8_t *rec = NULL;
-	char why[ERRLEN];
-	int rc, lrc = 0, act = -1;
+	int rc;
+
+	memset(res, 0, sizeof *res);
+	rc = get_env(sp, txn, qid, &env, &res->lmdb, res->why, sizeof res->why);
+	if (rc != 0) {
+		res->damaged = rc < 0 && res->lmdb == 0;
+		return rc;
+	}
+	res->had_file = env->body_in_file;
+	if (u->op == SPOOL_OP_REMOVE) {
+		if (env_pending(env)) {
+			seterr(res->why, sizeof res->why, "recipients pending");
+			rc = -1;
+		} else {
+			rc = res->lmdb = mdb_del(txn, sp->db_env, &k, NULL);
+			if (rc == 0 && !env->body_in_file)
+				rc = res->lmdb = mdb_del(txn, sp->db_body, &k, NULL);
+		}
+		goto out;
+	}
+	if (u->idx >= env->n_rcpts) {
+		seterr(res->why, sizeof res->why, "no recipient #%zu (the message has %zu)",
+		       u->idx, env->n_rcpts);
+		rc = 1;
+		goto out;
+	}
+	r = &env->rcpts[u->idx];
+	if (u->reply != NULL && set_str(&r->last_reply, u->reply, false) < 0) {
+		seterr(res->why, sizeof res->why, "reply text too long or out of memory");
+		rc = -1;
+		goto out;
+	}
+	r->state = u->state;
+	r->next_attempt = u->next_attempt;
+	if (r->attempts < UINT32_MAX)
+		r->attempts++;
+	if (spool_record_encode_envelope(env, &rec, &v.mv_size) < 0) {
+		seterr(res->why, sizeof res->why, "out of memory encoding the envelope");
+		rc = -1;
+		goto out;
+	}
+	v.mv_data = rec;
+	rc = res->lmdb = mdb_put(txn, sp->db_env, &k, &v, 0);
+out:
+	if (res->lmdb != 0) {
+		mdb_reason(sp, res->lmdb, res->why, sizeof res->why);
+		rc = -1;
+	}
+	free(rec);
+	spool_envelope_free(&env);
+	return rc;
+}
+
+void spool_read_unlink_body(struct spool *sp, const char *qid)
+{
+	char file[4200];
+
+	if (unlinkat(sp->bodyfd, qid, 0) == 0 || errno == ENOENT)
+		return;
+	snprintf(file, sizeof file, "%s/body/%s", sp->path, qid);
+	evlog_emit(sp->log, EV_SPOOL_FILE_CLEANUP_FAILED,
+		   EVF_S("file", file), EVF_S("reason", strerror(errno)));
+}
+
+/* Applies u in a write transaction of its own on the calling thread. */
+static int apply_sync(struct spool *sp, const char *qid, const struct spool_update *u,
+		      char *err, size_t errlen)
+{
+	struct spool_apply res;
+	MDB_txn *txn;
+	int rc;
 
 	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
 	if (rc != 0) {
 		seterr(err, errlen, "spool %s: mdb_txn_begin: %s", sp->path, mdb_strerror(rc));
 		return -1;
 	}
-	rc = get_env(sp, txn, qid, &env, &lrc, why, sizeof why);
-	if (rc != 0) {
+	rc = spool_read_apply(sp, txn, qid, u, &res);
+	if (rc == 0 && (res.lmdb = mdb_txn_commit(txn)) != 0) {
+		mdb_reason(sp, res.lmdb, res.why, sizeof res.why);
+		rc = -1;
+	} else if (rc != 0) {
 		mdb_txn_abort(txn);
-		if (rc > 0)
-			return 1;
-		if (lrc != 0) {
-			seterr(err, errlen, "reading %s from spool %s: %s", qid, sp->path, why);
-			return -1;
-		}
-		return damaged(sp, qid, why, err, errlen);
 	}
-	act = fn(env, arg, why, sizeof why);
-	if (act == 0) {
-		if (spool_record_encode_envelope(env, &rec, &v.mv_size) < 0) {
-			lrc = ENOMEM;
-		} else {
-			v.mv_data = rec;
-			lrc = mdb_put(txn, sp->db_env, &k, &v, 0);
-		}
-	} else if (act == 2) {
-		lrc = mdb_del(txn, sp->db_env, &k, NULL);
-		if (lrc == 0 && !env->body_in_file)
-			lrc = mdb_del(txn, sp->db_body, &k, NULL);
-	}
-	free(rec);
-	if (act >= 0 && lrc == 0)
-		lrc = mdb_txn_commit(txn);
-	else
-		mdb_txn_abort(txn);
-	if (act < 0 || lrc != 0) {
-		seterr(err, errlen, "updating %s in spool %s: %s", qid, sp->path,
-		       act < 0 ? why : mdb_reason(sp, lrc, why, sizeof why));
-		spool_envelope_free(&env);
-		return -1;
-	}
-	*action_r = act;
-	*env_r = env;
-	return 0;
-}
-
-struct rcpt_edit {
-	size_t idx;
-	enum spool_rcpt_state state;
-	const char *reply;
-	int64_t next_attempt;
-	bool missing;
-};
-
-static int rcpt_edit_fn(struct spool_envelope *env, void *arg, char *why, size_t whylen)
-{
-	struct rcpt_edit *e = arg;
-	struct spool_rcpt *r;
-
-	if (e->idx >= env->n_rcpts) {
-		e->missing = true;
-		seterr(why, whylen, "no recipient #%zu (the message has %zu)", e->idx, env->n_rcpts);
-		return -1;
-	}
-	r = &env->rcpts[e->idx];
-	if (e->reply != NULL && set_str(&r->last_reply, e->reply, false) < 0) {
-		seterr(why, whylen, "reply text too long or out of memory");
-		return -1;
-	}
-	r->state = e->state;
-	r->next_attempt = e->next_attempt;
-	if (r->attempts < UINT32_MAX)
-		r->attempts++;
-	return 0;
+	if (res.damaged)
+		return damaged(sp, qid, res.why, err, errlen);
+	if (rc < 0)
+		seterr(err, errlen, "updating %s in spool %s: %s", qid, sp->path, res.why);
+	if (rc == 0 && u->op == SPOOL_OP_REMOVE && res.had_file)
+		spool_read_unlink_body(sp, qid);
+	return rc;
 }
 
 int spool_rcpt_update(struct spool *sp, const char *qid, size_t rcpt_index,
 		      enum spool_rcpt_state state, const char *reply,
 		      int64_t next_attempt, char *err, size_t errlen)
 {
-	struct rcpt_edit e = { rcpt_index, state, reply, next_attempt, false };
-	struct spool_envelope *env = NULL;
-	int act, rc;
+	struct spool_update u = {
+		.op = SPOOL_OP_UPDATE, .idx = rcpt_index, .state = state,
+		.reply = (char *)reply, .next_attempt = next_attempt,
+	};
 
 	if (state > SPOOL_RCPT_FAILED) {
 		seterr(err, errlen, "invalid recipient state %d", (int)state);
 		return -1;
 	}
-	rc = edit_env(sp, qid, rcpt_edit_fn, &e, &act, &env, err, errlen);
-	spool_envelope_free(&env);
-	return rc < 0 && e.missing ? 1 : rc;
-}
-
-static int remove_fn(struct spool_envelope *env, void *arg, char *why, size_t whylen)
-{
-	if (env_pending(env)) {
-		seterr(why, whylen, "recipients pending");
-		return -1;
-	}
-	return 2;
+	return apply_sync(sp, qid, &u, err, errlen);
 }
 
 int spool_remove(struct spool *sp, const char *qid, char *err, size_t errlen)
 {
-	struct spool_envelope *env = NULL;
-	int act, rc;
+	struct spool_update u = { .op = SPOOL_OP_REMOVE };
 
-	rc = edit_env(sp, qid, remove_fn, NULL, &act, &env, err, errlen);
-	if (rc == 0 && env->body_in_file) {
-		if (unlinkat(sp->bodyfd, env->qid, 0) < 0 && errno != ENOENT) {
-			char file[4200];
-
-			snprintf(file, sizeof file, "%s/body/%s", sp->path, env->qid);
-			evlog_emit(sp->log, EV_SPOOL_FILE_CLEANUP_FAILED,
-				   EVF_S("file", file), EVF_S("reason", strerror(errno)));
-		}
-	}
-	spool_envelope_free(&env);
-	return rc;
+	return apply_sync(sp, qid, &u, err, errlen);
 }
