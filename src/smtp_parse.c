@@ -422,6 +422,9 @@ bool smtp_parse_domain_valid(const void *s, size_t len, bool utf8)
 	enum smtp_parse_domain_kind kind;
 	bool seen = false;
 
+	/* also bounds literals, which have no length rule of their own */
+	if (len > SMTP_PARSE_DOMAIN_MAX)
+		return false;
 	if (len > 0 && p[0] == '[')
 		return literal_check(p, len, &kind) == SMTP_PARSE_OK;
 	if (!smtp_parse_utf8_valid(p, len))

@@ -499,6 +499,18 @@ static void test_path_api(void **state)
 	assert_false(smtp_parse_domain_valid("ex\xc3\xa4.org", 8, false));
 	assert_true(smtp_parse_domain_valid("ex\xc3\xa4.org", 8, true));
 	assert_false(smtp_parse_domain_valid("", 0, true));
+	{
+		/* a general literal of 256 octets is syntax-valid but too long */
+		char lit[300];
+
+		memset(lit, 'x', sizeof(lit));
+		memcpy(lit, "[tag:", 5);
+		lit[254] = ']';
+		assert_true(smtp_parse_domain_valid(lit, 255, false));
+		lit[254] = 'x';
+		lit[255] = ']';
+		assert_false(smtp_parse_domain_valid(lit, 256, false));
+	}
 	assert_true(smtp_parse_utf8_valid("\xf0\x9f\x98\x80", 4));
 	assert_false(smtp_parse_utf8_valid("\xf8\x88\x80\x80\x80", 5));
 }
