@@ -29,19 +29,24 @@
 
 #define META_KEY "format_version"
 
-/* One message waiting for the spool thread. */
+/* One new message (msg) or queue change (msg NULL, upd) waiting for the
+ * spool thread. */
 struct pending {
 	struct pending *next;
 	struct spool_msg *msg;
+	struct spool_update upd;
+	char qid[SPOOL_QID_SIZE];
 	struct event_base *base;
 	spool_done_fn *done;
 	void *arg;
 	struct sync_wait *sync;   /* spool_commit(): a waiting caller */
 	/* filled by the spool thread */
 	int rc;
+	bool fault;               /* failed for a spool reason (not a refusal) */
 	char err[ERRLEN];
 	uint8_t *rec;             /* encoded envelope */
 	size_t reclen;
+	struct spool_apply res;   /* a change's outcome */
 };
 
 struct sync_wait {
@@ -496,7 +501,7 @@ static void done_cb(evutil_socket_t fd, short what, void *p)
 	free(ctx);
 }
 
-/* Reports one message's result to its waiter and frees it. */
+/* Reports one entry's result to its waiter and frees it. */
 static void complete(struct spool *sp, struct pending *p)
 {
 	static const struct timeval zero_tv = { 0, 0 };
@@ -505,7 +510,7 @@ static void complete(struct spool *sp, struct pending *p)
 	if (p->sync != NULL) {
 		pthread_mutex_lock(&p->sync->mu);
 		p->sync->rc = p->rc;
-		memcpy(p->sync->qid, p->msg->env.qid, SPOOL_QID_SIZE);
+		memcpy(p->sync->qid, p->qid, SPOOL_QID_SIZE);
 		memcpy(p->sync->err, p->err, ERRLEN);
 		p->sync->done = true;
 		pthread_cond_signal(&p->sync->cv);
@@ -516,18 +521,20 @@ static void complete(struct spool *sp, struct pending *p)
 			ctx->done = p->done;
 			ctx->arg = p->arg;
 			ctx->rc = p->rc;
-			memcpy(ctx->qid, p->msg->env.qid, SPOOL_QID_SIZE);
+			memcpy(ctx->qid, p->qid, SPOOL_QID_SIZE);
 			memcpy(ctx->err, p->err, ERRLEN);
 		}
 		if (ctx == NULL ||
 		    event_base_once(p->base, -1, EV_TIMEOUT, done_cb, ctx, &zero_tv) < 0) {
 			evlog_emit(sp->log, EV_SPOOL_COMPLETION_LOST,
-				   EVF_S("qid", p->msg->env.qid),
+				   EVF_S("qid", p->qid),
 				   EVF_S("reason", ctx ? "event_base_once failed" : "out of memory"));
 			free(ctx);
 		}
 	}
-	msg_free(p->msg, NULL);
+	if (p->msg != NULL)
+		msg_free(p->msg, NULL);
+	free(p->upd.reply);
 	free(p->rec);
 	free(p);
 }
@@ -541,6 +548,7 @@ static void fail(struct pending *p, const char *fmt, ...)
 	if (p->rc != 0)
 		return;
 	p->rc = -1;
+	p->fault = true;
 	va_start(ap, fmt);
 	vsnprintf(p->err, sizeof p->err, fmt, ap);
 	va_end(ap);
@@ -574,7 +582,7 @@ static void check_space(struct spool *sp, struct pending *list)
 	uint64_t need = sp->opts.space_margin, avail;
 
 	for (struct pending *p = list; p; p = p->next)
-		if (p->rc == 0)
+		if (p->rc == 0 && p->msg != NULL)
 			need += p->reclen + p->msg->memlen;
 	if (fstatvfs(sp->dirfd, &vs) < 0)
 		return;   /* cannot tell; let the write itself fail */
@@ -582,9 +590,10 @@ static void check_space(struct spool *sp, struct pending *list)
 	if (avail >= need)
 		return;
 	for (struct pending *p = list; p; p = p->next)
-		fail(p, "only %llu bytes free on the filesystem of %s, below spool.space_margin %llu plus this batch",
-		     (unsigned long long)avail, sp->path,
-		     (unsigned long long)sp->opts.space_margin);
+		if (p->msg != NULL)   /* updates and removals still go through */
+			fail(p, "only %llu bytes free on the filesystem of %s, below spool.space_margin %llu plus this batch",
+			     (unsigned long long)avail, sp->path,
+			     (unsigned long long)sp->opts.space_margin);
 }
 
 static int put_body(struct spool *sp, MDB_txn *txn, struct spool_msg *m)
@@ -616,11 +625,22 @@ static int write_txn(struct spool *sp, struct pending *list, struct pending *one
 
 	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
 	for (struct pending *p = list; rc == 0 && p; p = p->next) {
-		MDB_val k = { .mv_size = SPOOL_QID_LEN, .mv_data = p->msg->env.qid };
+		MDB_val k = { .mv_size = SPOOL_QID_LEN, .mv_data = p->qid };
 		MDB_val v = { .mv_size = p->reclen, .mv_data = p->rec };
 
 		if (p->rc != 0 || (one != NULL && p != one))
 			continue;
+		if (p->msg == NULL) {
+			/* a change that is refused writes nothing: the txn goes on */
+			int r = spool_read_apply(sp, txn, p->qid, &p->upd, &p->res);
+
+			rc = p->res.lmdb;
+			if (rc == 0 && r != 0) {
+				p->rc = r;
+				memcpy(p->err, p->res.why, ERRLEN);
+			}
+			continue;
+		}
 		rc = mdb_put(txn, sp->db_env, &k, &v, MDB_NOOVERWRITE);
 		if (rc == 0 && !p->msg->env.body_in_file)
 			rc = put_body(sp, txn, p->msg);
@@ -633,12 +653,12 @@ static int write_txn(struct spool *sp, struct pending *list, struct pending *one
 }
 
 /*
- * Commits every message still ok in the list in one transaction.  If that
+ * Commits every entry still ok in the list in one transaction.  If that
  * fails (say MDB_MAP_FULL because of one big message), retries each alone
- * so one message cannot fail the others.  Returns how many commits were
- * made; *n_ok_r is how many messages are durable.
+ * so one entry cannot fail the others.  Returns how many commits were made;
+ * afterwards every entry with rc 0 is durable.
  */
-static size_t write_batch(struct spool *sp, struct pending *list, size_t *n_ok_r)
+static size_t write_batch(struct spool *sp, struct pending *list)
 {
 	char why[160];
 	size_t n_ok = 0, commits = 0;
@@ -646,41 +666,37 @@ static size_t write_batch(struct spool *sp, struct pending *list, size_t *n_ok_r
 
 	for (struct pending *p = list; p; p = p->next)
 		n_ok += p->rc == 0;
-	*n_ok_r = 0;
 	if (n_ok == 0)
 		return 0;
 	rc = write_txn(sp, list, NULL);
-	if (rc == 0) {
-		*n_ok_r = n_ok;
+	if (rc == 0)
 		return 1;
-	}
 	for (struct pending *p = list; p; p = p->next) {
 		if (p->rc != 0)
 			continue;
 		if (n_ok > 1)
 			rc = write_txn(sp, list, p);
-		if (rc == 0) {
+		if (rc == 0 && p->rc == 0)
 			commits++;
-			(*n_ok_r)++;
-		} else {
+		else if (rc != 0)
 			fail(p, "spool %s: LMDB commit: %s", sp->path,
 			     mdb_reason(sp, rc, why, sizeof why));
-		}
 	}
 	return commits;
 }
 
-static void commit_batch(struct spool *sp, struct pending *list)
+/* Makes the new messages' body files durable and encodes envelopes. */
+static void prepare_messages(struct spool *sp, struct pending *list)
 {
-	size_t n = 0, n_files = 0, n_ok = 0, commits;
-	struct pending *next;
+	size_t n_files = 0;
 
 	/* start writeback of every body file at once, then wait for each */
 	for (struct pending *p = list; p; p = p->next)
-		if (p->msg->fd >= 0)
+		if (p->msg != NULL && p->msg->fd >= 0)
 			sync_file_range(p->msg->fd, 0, 0, SYNC_FILE_RANGE_WRITE);
 	for (struct pending *p = list; p; p = p->next) {
-		n++;
+		if (p->msg == NULL)
+			continue;
 		prepare_file(sp, p);
 		n_files += p->rc == 0 && p->msg->env.body_in_file;
 	}
@@ -688,48 +704,79 @@ static void commit_batch(struct spool *sp, struct pending *list)
 		stats_add(sp, &sp->stats.fsyncs, 1);
 		if (fsync(sp->bodyfd) < 0)
 			for (struct pending *p = list; p; p = p->next)
-				if (p->msg->env.body_in_file)
+				if (p->msg != NULL && p->msg->env.body_in_file)
 					fail(p, "fsync %s/body: %s", sp->path, strerror(errno));
 	}
 	for (struct pending *p = list; p; p = p->next)
-		if (p->rc == 0 &&
+		if (p->msg != NULL && p->rc == 0 &&
 		    spool_record_encode_envelope(&p->msg->env, &p->rec, &p->reclen) < 0)
 			fail(p, "out of memory encoding the envelope");
-	check_space(sp, list);
-	commits = write_batch(sp, list, &n_ok);
+}
 
+static void count_batch(struct spool *sp, struct pending *list, size_t commits)
+{
+	size_t n_msg = 0, n_chg = 0, bad_msg = 0, bad_chg = 0;
+	const char *why = "";
+
+	for (struct pending *p = list; p; p = p->next) {
+		if (p->fault && why[0] == '\0')
+			why = p->err;
+		if (p->msg != NULL) {
+			n_msg += p->rc == 0;
+			bad_msg += p->rc != 0;
+		} else {
+			n_chg += p->rc == 0;
+			bad_chg += p->fault;
+		}
+	}
 	pthread_mutex_lock(&sp->mu);
 	sp->stats.commits += commits;
 	sp->stats.fsyncs += commits;
-	if (n_ok > 0) {
-		sp->stats.messages_committed += n_ok;
-		if (commits == 1 && n_ok > sp->stats.max_batch)
-			sp->stats.max_batch = n_ok;
-	}
-	sp->stats.commit_failures += n - n_ok;
+	sp->stats.messages_committed += n_msg;
+	sp->stats.changes_committed += n_chg;
+	if (commits == 1 && n_msg + n_chg > sp->stats.max_batch)
+		sp->stats.max_batch = n_msg + n_chg;
+	sp->stats.commit_failures += bad_msg;
 	pthread_mutex_unlock(&sp->mu);
-	if (n_ok < n) {
-		const char *why = "";
-
-		for (struct pending *p = list; p; p = p->next)
-			if (p->rc != 0) {
-				why = p->err;
-				break;
-			}
+	if (bad_msg + bad_chg > 0)
 		evlog_emit(sp->log, EV_SPOOL_COMMIT_FAILED, EVF_S("path", sp->path),
-			   EVF_I("messages", n - n_ok), EVF_S("reason", why));
-	}
+			   EVF_I("messages", bad_msg), EVF_I("changes", bad_chg),
+			   EVF_S("reason", why));
+}
+
+/* After the commit: remove files of failed messages and of removed ones,
+ * quarantine damaged envelopes met by changes, report every result. */
+static void finish_batch(struct spool *sp, struct pending *list)
+{
+	struct pending *next;
+
 	for (struct pending *p = list; p; p = next) {
 		next = p->next;
-		if (p->rc != 0 && p->msg->env.body_in_file) {
+		if (p->msg != NULL && p->rc != 0 && p->msg->env.body_in_file) {
 			const char *name = p->msg->tmpname[0] ? p->msg->tmpname : p->msg->env.qid;
 
 			if (unlinkat(sp->bodyfd, name, 0) < 0 && errno != ENOENT)
 				evlog_emit(sp->log, EV_SPOOL_FILE_CLEANUP_FAILED,
 					   EVF_S("file", name), EVF_S("reason", strerror(errno)));
 		}
+		if (p->msg == NULL && p->rc == 0 && p->upd.op == SPOOL_OP_REMOVE &&
+		    p->res.had_file)
+			spool_read_unlink_body(sp, p->qid);
+		if (p->msg == NULL && p->res.damaged) {
+			MDB_val k = { .mv_size = strlen(p->qid), .mv_data = p->qid };
+
+			spool_read_quarantine_key(sp, &k, p->res.why, NULL, 0);
+		}
 		complete(sp, p);
 	}
+}
+
+static void commit_batch(struct spool *sp, struct pending *list)
+{
+	prepare_messages(sp, list);
+	check_space(sp, list);
+	count_batch(sp, list, write_batch(sp, list));
+	finish_batch(sp, list);
 }
 
 static void *spool_thread_main(void *arg)
@@ -768,9 +815,25 @@ static void *spool_thread_main(void *arg)
 	return NULL;
 }
 
-static int enqueue(struct spool *sp, struct spool_msg *m, struct event_base *base,
-		   spool_done_fn *done, void *arg, struct sync_wait *sync,
-		   char *err, size_t errlen)
+/* Queues p for the spool thread; on -1 the caller frees p. */
+static int enqueue(struct spool *sp, struct pending *p, char *err, size_t errlen)
+{
+	pthread_mutex_lock(&sp->mu);
+	if (sp->stopping) {
+		pthread_mutex_unlock(&sp->mu);
+		seterr(err, errlen, "spool %s is closing", sp->path);
+		return -1;
+	}
+	*sp->tail = p;
+	sp->tail = &p->next;
+	pthread_cond_signal(&sp->cv);
+	pthread_mutex_unlock(&sp->mu);
+	return 0;
+}
+
+static int enqueue_msg(struct spool *sp, struct spool_msg *m, struct event_base *base,
+		       spool_done_fn *done, void *arg, struct sync_wait *sync,
+		       char *err, size_t errlen)
 {
 	struct pending *p;
 
@@ -787,23 +850,74 @@ static int enqueue(struct spool *sp, struct spool_msg *m, struct event_base *bas
 		return -1;
 	}
 	p->msg = m;
+	memcpy(p->qid, m->env.qid, SPOOL_QID_SIZE);
 	p->base = base;
 	p->done = done;
 	p->arg = arg;
 	p->sync = sync;
-	pthread_mutex_lock(&sp->mu);
-	if (sp->stopping) {
-		pthread_mutex_unlock(&sp->mu);
-		seterr(err, errlen, "spool %s is closing", sp->path);
+	if (enqueue(sp, p, err, errlen) < 0) {
 		msg_free(m, m->tmpname);
 		free(p);
 		return -1;
 	}
-	*sp->tail = p;
-	sp->tail = &p->next;
-	pthread_cond_signal(&sp->cv);
-	pthread_mutex_unlock(&sp->mu);
 	return 0;
+}
+
+static int enqueue_change(struct spool *sp, const char *qid, const struct spool_update *u,
+			  struct event_base *base, spool_done_fn *done, void *arg,
+			  char *err, size_t errlen)
+{
+	struct pending *p;
+
+	if (base == NULL || done == NULL || strlen(qid) >= SPOOL_QID_SIZE) {
+		seterr(err, errlen, "no event base, no callback or a bad queue ID");
+		return -1;
+	}
+	p = calloc(1, sizeof *p);
+	if (p == NULL || (u->reply != NULL && (p->upd.reply = strdup(u->reply)) == NULL)) {
+		seterr(err, errlen, "out of memory queueing a change to %s", qid);
+		free(p);
+		return -1;
+	}
+	p->upd.op = u->op;
+	p->upd.idx = u->idx;
+	p->upd.state = u->state;
+	p->upd.next_attempt = u->next_attempt;
+	memcpy(p->qid, qid, strlen(qid) + 1);
+	p->base = base;
+	p->done = done;
+	p->arg = arg;
+	if (enqueue(sp, p, err, errlen) < 0) {
+		free(p->upd.reply);
+		free(p);
+		return -1;
+	}
+	return 0;
+}
+
+int spool_rcpt_update_async(struct spool *sp, const char *qid, size_t rcpt_index,
+			    enum spool_rcpt_state state, const char *reply,
+			    int64_t next_attempt, struct event_base *base,
+			    spool_done_fn *done, void *arg, char *err, size_t errlen)
+{
+	struct spool_update u = {
+		.op = SPOOL_OP_UPDATE, .idx = rcpt_index, .state = state,
+		.reply = (char *)reply, .next_attempt = next_attempt,
+	};
+
+	if (state > SPOOL_RCPT_FAILED || (reply != NULL && !str_ok(reply))) {
+		seterr(err, errlen, "invalid recipient state %d or reply text", (int)state);
+		return -1;
+	}
+	return enqueue_change(sp, qid, &u, base, done, arg, err, errlen);
+}
+
+int spool_remove_async(struct spool *sp, const char *qid, struct event_base *base,
+		       spool_done_fn *done, void *arg, char *err, size_t errlen)
+{
+	struct spool_update u = { .op = SPOOL_OP_REMOVE };
+
+	return enqueue_change(sp, qid, &u, base, done, arg, err, errlen);
 }
 
 int spool_commit_async(struct spool *sp, struct spool_msg **msgp,
@@ -818,7 +932,7 @@ int spool_commit_async(struct spool *sp, struct spool_msg **msgp,
 		msg_free(m, m->tmpname);
 		return -1;
 	}
-	return enqueue(sp, m, base, done, arg, NULL, err, errlen);
+	return enqueue_msg(sp, m, base, done, arg, NULL, err, errlen);
 }
 
 int spool_commit(struct spool *sp, struct spool_msg **msgp,
@@ -830,7 +944,7 @@ int spool_commit(struct spool *sp, struct spool_msg **msgp,
 	*msgp = NULL;
 	pthread_mutex_init(&w.mu, NULL);
 	pthread_cond_init(&w.cv, NULL);
-	if (enqueue(sp, m, NULL, NULL, NULL, &w, err, errlen) < 0) {
+	if (enqueue_msg(sp, m, NULL, NULL, NULL, &w, err, errlen) < 0) {
 		w.rc = -1;
 	} else {
 		pthread_mutex_lock(&w.mu);

@@ -42,7 +42,9 @@
  * evthread_use_pthreads() before that base is created).  The read and update
  * calls (load, foreach, body, rcpt_update, remove) run synchronously on the
  * calling thread with their own LMDB transactions; rcpt_update and remove
- * take LMDB's writer lock and so may wait for one in-progress commit.
+ * take LMDB's writer lock and so may wait for one in-progress commit, then
+ * fsync: loop threads should prefer the _async forms, which join the group
+ * commit.
  */
 #ifndef CARRIER_SPOOL_H
 #define CARRIER_SPOOL_H
@@ -141,6 +143,7 @@ struct spool_stats {
 	uint64_t messages_committed;  /* messages made durable */
 	uint64_t max_batch;           /* most messages in one commit */
 	uint64_t fsyncs;              /* commits + body file and dir fsyncs */
+	uint64_t changes_committed;   /* async recipient updates and removals */
 	uint64_t commit_failures;     /* messages that got a temp failure */
 	uint64_t quarantined;
 };
@@ -289,6 +292,23 @@ int spool_rcpt_update(struct spool *sp, const char *qid, size_t rcpt_index,
 /* Removes a message whose recipients are all DELIVERED or FAILED (else -1,
  * "recipients pending"), including its body file.  0, 1 if no such qid, -1. */
 int spool_remove(struct spool *sp, const char *qid, char *err, size_t errlen);
+
+/*
+ * The same two changes, queued for the spool thread so they share the group
+ * commit with new messages instead of costing the caller's loop one fsync
+ * each.  done(arg, rc, qid, err) then runs on base's thread with rc 0
+ * (durable), 1 (no such qid or recipient) or -1 (refused, e.g. "recipients
+ * pending", or a spool failure; err says which).  Returns 0 when queued, or
+ * -1 + err (done is then never called).  Changes to the same qid are
+ * applied in the order they were queued.  They still go through when space
+ * is short (they free space rather than take it).
+ */
+int spool_rcpt_update_async(struct spool *sp, const char *qid, size_t rcpt_index,
+			    enum spool_rcpt_state state, const char *reply,
+			    int64_t next_attempt, struct event_base *base,
+			    spool_done_fn *done, void *arg, char *err, size_t errlen);
+int spool_remove_async(struct spool *sp, const char *qid, struct event_base *base,
+		       spool_done_fn *done, void *arg, char *err, size_t errlen);
 
 /* Moves a message to quarantine with `reason` (also used internally). */
 int spool_quarantine(struct spool *sp, const char *qid, const char *reason,

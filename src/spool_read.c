@@ -480,8 +480,10 @@ int spool_read_apply(struct spool *sp, MDB_txn *txn, const char *qid,
 			rc = -1;
 		} else {
 			rc = res->lmdb = mdb_del(txn, sp->db_env, &k, NULL);
-			if (rc == 0 && !env->body_in_file)
-				rc = res->lmdb = mdb_del(txn, sp->db_body, &k, NULL);
+			if (rc == 0 && !env->body_in_file) {
+				rc = mdb_del(txn, sp->db_body, &k, NULL);
+				res->lmdb = rc = rc == MDB_NOTFOUND ? 0 : rc;
+			}
 		}
 		goto out;
 	}

@@ -856,6 +856,90 @@ static void test_kill9_loses_nothing_acked(void **state)
 	spool_close(&sp);
 }
 
+/* ---- async changes share the group commit ------------------------------ */
+
+struct chg_state {
+	struct event_base *base;
+	int done, want, ok, missing, refused;
+	char last_err[256];
+};
+
+static void chg_done(void *arg, int rc, const char *qid, const char *err)
+{
+	struct chg_state *s = arg;
+
+	if (rc == 0)
+		s->ok++;
+	else if (rc == 1)
+		s->missing++;
+	else {
+		s->refused++;
+		snprintf(s->last_err, sizeof s->last_err, "%s", err ? err : "");
+	}
+	if (++s->done == s->want)
+		event_base_loopbreak(s->base);
+}
+
+static void test_async_update_remove(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path, 1024);
+	struct chg_state s = { 0 };
+	struct spool_stats st0, st;
+	struct timeval limit = { 30, 0 };
+	char err[256] = "", qid[40][SPOOL_QID_SIZE], p[256];
+	int n = 0;
+
+	assert_int_equal(evthread_use_pthreads(), 0);
+	s.base = event_base_new();
+	for (int i = 0; i < 40; i++) {
+		struct spool_msg *m = make_msg(sp, 2, i % 5 ? 100 : 3000);
+
+		assert_int_equal(spool_commit(sp, &m, qid[i], err, sizeof err), 0);
+	}
+	spool_stats(sp, &st0);
+	/* 39 messages: both recipients delivered, then removed; the last one
+	 * keeps a deferred recipient, so its removal is refused */
+	for (int i = 0; i < 40; i++) {
+		assert_int_equal(spool_rcpt_update_async(sp, qid[i], 0, SPOOL_RCPT_DELIVERED,
+							 "250 2.0.0 ok", 0, s.base, chg_done, &s,
+							 err, sizeof err), 0);
+		assert_int_equal(spool_rcpt_update_async(sp, qid[i], 1,
+							 i == 39 ? SPOOL_RCPT_DEFERRED : SPOOL_RCPT_FAILED,
+							 "550 5.1.1 unknown", 0, s.base, chg_done, &s,
+							 err, sizeof err), 0);
+		assert_int_equal(spool_remove_async(sp, qid[i], s.base, chg_done, &s,
+						    err, sizeof err), 0);
+		s.want += 3;
+	}
+	assert_int_equal(spool_rcpt_update_async(sp, "0000000000000000", 0, SPOOL_RCPT_FAILED,
+						 NULL, 0, s.base, chg_done, &s, err, sizeof err), 0);
+	assert_int_equal(spool_rcpt_update_async(sp, qid[39], 7, SPOOL_RCPT_FAILED,
+						 NULL, 0, s.base, chg_done, &s, err, sizeof err), 0);
+	s.want += 2;
+	struct event *timer = evtimer_new(s.base, gc_timeout, s.base);
+	evtimer_add(timer, &limit);
+	event_base_dispatch(s.base);
+	event_free(timer);
+	assert_int_equal(s.done, s.want);
+	assert_int_equal(s.ok, 40 * 3 - 1);
+	assert_int_equal(s.missing, 2);
+	assert_int_equal(s.refused, 1);
+	assert_non_null(strstr(s.last_err, "recipients pending"));
+	spool_stats(sp, &st);
+	assert_int_equal(st.changes_committed - st0.changes_committed, 40 * 3 - 1);
+	print_message("async changes: %llu in %llu commits\n",
+		      (unsigned long long)(st.changes_committed - st0.changes_committed),
+		      (unsigned long long)(st.commits - st0.commits));
+	assert_true(st.commits - st0.commits < 40);
+	assert_int_equal(spool_foreach_pending(sp, count_pending, &n, err, sizeof err), 0);
+	assert_int_equal(n, 1);
+	snprintf(p, sizeof p, "%s/body", f->path);
+	assert_int_equal(count_dir(p), 0);   /* qid[0..35 step 5] had files */
+	spool_close(&sp);
+	event_base_free(s.base);
+}
+
 /* ---- space, queue IDs ------------------------------------------------- */
 
 static void test_space_check(void **state)
@@ -907,6 +991,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_map_full_isolated, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_space_removes_body, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_chown_then_drop_privileges, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_async_update_remove, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_kill9_loses_nothing_acked, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_space_check, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_qids_unique_sorted, setup, teardown),
