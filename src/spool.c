@@ -1052,6 +1052,7 @@ static int open_env(struct spool *sp, char *err, size_t errlen)
 		seterr(err, errlen, "mdb_env_open %s: %s", sp->path, mdb_strerror(rc));
 		return -1;
 	}
+	mdb_reader_check(sp->env, NULL);   /* free slots of crashed readers */
 	return 0;
 }
 

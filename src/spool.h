@@ -29,6 +29,16 @@
  * then one LMDB write transaction holding every queued message was
  * committed (LMDB fsyncs).  Only then may a session reply 250.
  *
+ * Format version: a new spool gets SPOOL_FORMAT_VERSION; a newer one is
+ * never opened (event SPOOL_VERSION_REFUSED names both numbers); one between
+ * SPOOL_FORMAT_OLDEST and the current version would be upgraded in place in
+ * one write transaction (format 1 is the first, so there is no upgrade step
+ * yet); an older one is refused.
+ *
+ * Crash recovery: nothing to replay.  At open, body files no envelope
+ * references (a crash between writing the body and its commit: never
+ * acknowledged) are removed, and damaged envelopes are quarantined.
+ *
  * Privileges: spool_open() may run as root.  The LMDB environment stays
  * usable after setuid(), but body files are created in body/ later, so call
  * spool_chown() before dropping privileges (it chowns the directory tree and
@@ -168,8 +178,9 @@ int spool_version_check(const char *path, unsigned *found_r,
 struct spool *spool_open(const char *path, const struct spool_opts *opts,
 			 struct evlog *log, char *err, size_t errlen);
 
-/* Drains every queued commit (their completions are posted to their
- * bases), stops the thread, closes the environment; clears *spp. */
+/* Drains every queued commit and change (their completions are posted to
+ * their bases, so run those loops afterwards to receive them), stops the
+ * thread, closes the environment; clears *spp. */
 void spool_close(struct spool **spp);
 
 /* Chowns the spool directory, its subdirectories, files and the LMDB files
