@@ -9,6 +9,7 @@
 #include "local.h"
 
 #include <errno.h>
+#include <event2/event.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -26,6 +27,7 @@
 #define LOCAL_MAX_SLEEP 300       /* seconds between scans at most */
 #define LOCAL_ERROR_RETRY 60      /* seconds after a spool read error */
 #define LOCAL_UNRECORDED_MAX 4096 /* results kept when the spool refuses */
+#define LOCAL_INFLIGHT_MAX 1024   /* spool changes queued but not answered */
 
 /* The part of the configuration the worker uses, shared by refcount. */
 struct local_cfg {
@@ -58,10 +60,24 @@ struct local {
 	bool kicked, stop, busy;
 	struct local_cfg *cfg;
 
-	/* worker only */
+	/* worker only (the spool's answers run on the worker, in wbase) */
+	struct event_base *wbase;
+	struct event *tick;       /* wakes wbase's loop when libevent cannot */
 	uint64_t seq;
+	size_t inflight;          /* spool changes not answered yet */
 	struct unrecorded *unrec;
 	size_t n_unrec;
+};
+
+/* One queued spool change, until its answer. */
+struct change {
+	struct local *l;
+	bool remove;
+	size_t index;
+	enum spool_rcpt_state state;
+	int64_t next_attempt;
+	char *reply;
+	char *rcpt;
 };
 
 /* What one scan collected. */
@@ -266,20 +282,117 @@ static const char *state_name(enum spool_rcpt_state s)
 	return "?";
 }
 
-/* Stores one result; on failure logs and keeps it for the next scan. */
-static int record(struct local *l, const char *qid, size_t index, const char *rcpt,
-		  enum spool_rcpt_state state, const char *reply, int64_t next_attempt)
+static void change_free(struct change *c)
 {
-	char err[512];
-	int rc = spool_rcpt_update(l->spool, qid, index, state, reply, next_attempt,
-				   err, sizeof err);
+	free(c->reply);
+	free(c->rcpt);
+	free(c);
+}
 
-	if (rc >= 0)
-		return 0;
+static void record_failed(struct local *l, const char *qid, size_t index, const char *rcpt,
+			  enum spool_rcpt_state state, const char *reply,
+			  int64_t next_attempt, const char *err)
+{
 	evlog_emit(l->log, EV_LOCAL_RECORD_FAILED, EVF_S("qid", qid), EVF_S("rcpt", rcpt),
 		   EVF_S("result", state_name(state)), EVF_S("reason", err));
 	keep_unrecorded(l, qid, index, state, reply, next_attempt);
-	return -1;
+}
+
+/* The spool's answer to a change (on the worker, inside wbase's loop). */
+static void change_done(void *arg, int rc, const char *qid, const char *err)
+{
+	struct change *c = arg;
+	struct local *l = c->l;
+
+	l->inflight--;
+	if (c->remove && rc == 0)
+		evlog_emit(l->log, EV_LOCAL_REMOVED, EVF_S("qid", qid));
+	else if (c->remove && rc < 0)
+		evlog_emit(l->log, EV_LOCAL_SPOOL_FAILED, EVF_S("reason", err ? err : "?"));
+	else if (rc < 0)
+		record_failed(l, qid, c->index, c->rcpt, c->state, c->reply, c->next_attempt,
+			      err ? err : "?");
+	change_free(c);
+}
+
+/* Lets the spool's answers run; with `all`, until every one has come. */
+static void reap(struct local *l, bool all)
+{
+	if (!all) {
+		event_base_loop(l->wbase, EVLOOP_NONBLOCK);
+		return;
+	}
+	while (l->inflight > 0)
+		event_base_loop(l->wbase, EVLOOP_ONCE);
+}
+
+/*
+ * Queues one result for the spool's next group commit (the answer comes
+ * back to change_done).  Returns 0 when queued; -1 after logging and
+ * keeping the result for the next scan.
+ */
+static int record(struct local *l, const char *qid, size_t index, const char *rcpt,
+		  enum spool_rcpt_state state, const char *reply, int64_t next_attempt)
+{
+	struct change *c = calloc(1, sizeof *c);
+	char err[512] = "out of memory";
+
+	if (c != NULL) {
+		c->l = l;
+		c->index = index;
+		c->state = state;
+		c->next_attempt = next_attempt;
+		c->reply = reply ? strdup(reply) : NULL;
+		c->rcpt = strdup(rcpt);
+	}
+	if (c == NULL || c->rcpt == NULL || (reply != NULL && c->reply == NULL) ||
+	    spool_rcpt_update_async(l->spool, qid, index, state, reply, next_attempt,
+				    l->wbase, change_done, c, err, sizeof err) < 0) {
+		if (c != NULL)
+			change_free(c);
+		record_failed(l, qid, index, rcpt, state, reply, next_attempt, err);
+		return -1;
+	}
+	if (++l->inflight >= LOCAL_INFLIGHT_MAX)
+		while (l->inflight >= LOCAL_INFLIGHT_MAX / 2)
+			event_base_loop(l->wbase, EVLOOP_ONCE);
+	return 0;
+}
+
+static void remove_async(struct local *l, const char *qid)
+{
+	struct change *c = calloc(1, sizeof *c);
+	char err[512] = "out of memory";
+
+	if (c != NULL) {
+		c->l = l;
+		c->remove = true;
+	}
+	if (c == NULL || spool_remove_async(l->spool, qid, l->wbase, change_done, c,
+					    err, sizeof err) < 0) {
+		free(c);
+		evlog_emit(l->log, EV_LOCAL_SPOOL_FAILED, EVF_S("reason", err));
+		return;
+	}
+	l->inflight++;
+}
+
+/* Removes qid when all its recipients are final (after a late record). */
+static void remove_if_all_final(struct local *l, const char *qid)
+{
+	struct spool_envelope *env = NULL;
+	char err[512];
+
+	if (spool_load(l->spool, qid, &env, err, sizeof err) != 0)
+		return;
+	for (size_t i = 0; i < env->n_rcpts; i++)
+		if (env->rcpts[i].state != SPOOL_RCPT_DELIVERED &&
+		    env->rcpts[i].state != SPOOL_RCPT_FAILED) {
+			spool_envelope_free(&env);
+			return;
+		}
+	spool_envelope_free(&env);
+	remove_async(l, qid);
 }
 
 static void retry_unrecorded(struct local *l)
@@ -292,6 +405,7 @@ static void retry_unrecorded(struct local *l)
 
 		if (spool_rcpt_update(l->spool, u->qid, u->index, u->state, u->reply,
 				      u->next_attempt, err, sizeof err) >= 0) {
+			remove_if_all_final(l, u->qid);
 			free(u->reply);
 			continue;
 		}
@@ -385,17 +499,14 @@ static void deliver_rcpt(struct msgctx *m, size_t i, int64_t now)
 	}
 }
 
+/* Queues the removal after the updates (the spool applies changes to one
+ * qid in order; if an update fails, the removal is refused). */
 static void remove_if_final(struct local *l, const struct msgctx *m)
 {
-	char err[512];
-
 	for (size_t i = 0; i < m->env->n_rcpts; i++)
 		if (m->states[i] != SPOOL_RCPT_DELIVERED && m->states[i] != SPOOL_RCPT_FAILED)
 			return;
-	if (spool_remove(l->spool, m->env->qid, err, sizeof err) == 0)
-		evlog_emit(l->log, EV_LOCAL_REMOVED, EVF_S("qid", m->env->qid));
-	else
-		evlog_emit(l->log, EV_LOCAL_SPOOL_FAILED, EVF_S("reason", err));
+	remove_async(l, m->env->qid);
 }
 
 /* Loads qid afresh and delivers its due local recipients.  Returns 0, or
@@ -467,9 +578,13 @@ static bool run_scan(struct local *l, int64_t *next_due)
 			   EVF_S("reason", rc == -1 ? err : "out of memory"));
 		s.next_due = s.now + LOCAL_ERROR_RETRY;
 	}
-	for (size_t i = 0; i < s.n && !stopping(l); i++)
+	for (size_t i = 0; i < s.n && !stopping(l); i++) {
 		if (deliver_message(l, cfg, s.qids[i], &s.next_due) < 0)
 			s.next_due = (int64_t)time(NULL) + LOCAL_ERROR_RETRY;
+		reap(l, false);
+	}
+	/* Every result is in the spool before the next scan reads it. */
+	reap(l, true);
 	if (l->n_unrec > 0 && (s.next_due == 0 || s.next_due > s.now + LOCAL_ERROR_RETRY))
 		s.next_due = s.now + LOCAL_ERROR_RETRY;
 	free(s.qids);
@@ -516,16 +631,50 @@ static void *worker(void *arg)
 
 /* ---- public API ------------------------------------------------------------ */
 
+static void tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+}
+
+static void local_destroy(struct local *l)
+{
+	for (size_t i = 0; i < l->n_unrec; i++)
+		free(l->unrec[i].reply);
+	free(l->unrec);
+	cfg_free(l->cfg);
+	if (l->tick != NULL)
+		event_free(l->tick);
+	if (l->wbase != NULL)
+		event_base_free(l->wbase);
+	pthread_cond_destroy(&l->wake);
+	pthread_cond_destroy(&l->idle_cv);
+	pthread_mutex_destroy(&l->mu);
+	free(l);
+}
+
 struct local *local_new(struct event_base *base, const struct carrier_conf *conf,
 			struct evlog *log, struct counters *ctr, struct spool *spool,
 			char *err, size_t errlen)
 {
 	struct local *l = calloc(1, sizeof *l);
+	struct timeval tv = { 0, 100 * 1000 };
 	int e;
 
 	if (l == NULL || (l->cfg = cfg_new(conf)) == NULL) {
 		snprintf(err, errlen, "local delivery: out of memory");
 		free(l);
+		return NULL;
+	}
+	pthread_mutex_init(&l->mu, NULL);
+	pthread_cond_init(&l->wake, NULL);
+	pthread_cond_init(&l->idle_cv, NULL);
+	/* The worker's own base receives the spool's answers.  The tick
+	 * bounds each wait should libevent's cross-thread wake-up be off. */
+	l->wbase = event_base_new();
+	if (l->wbase != NULL)
+		l->tick = event_new(l->wbase, -1, EV_PERSIST, tick_cb, NULL);
+	if (l->tick == NULL || event_add(l->tick, &tv) < 0) {
+		snprintf(err, errlen, "local delivery: cannot create its event base");
+		local_destroy(l);
 		return NULL;
 	}
 	l->base = base;
@@ -534,17 +683,10 @@ struct local *local_new(struct event_base *base, const struct carrier_conf *conf
 	l->spool = spool;
 	l->kicked = true;   /* scan at start: mail queued before a restart */
 	l->busy = true;
-	pthread_mutex_init(&l->mu, NULL);
-	pthread_cond_init(&l->wake, NULL);
-	pthread_cond_init(&l->idle_cv, NULL);
 	e = pthread_create(&l->thread, NULL, worker, l);
 	if (e != 0) {
 		snprintf(err, errlen, "local delivery: cannot start its thread: %s", strerror(e));
-		cfg_free(l->cfg);
-		pthread_mutex_destroy(&l->mu);
-		pthread_cond_destroy(&l->wake);
-		pthread_cond_destroy(&l->idle_cv);
-		free(l);
+		local_destroy(l);
 		return NULL;
 	}
 	return l;
@@ -613,12 +755,5 @@ void local_free(struct local **lp)
 	pthread_cond_signal(&l->wake);
 	pthread_mutex_unlock(&l->mu);
 	pthread_join(l->thread, NULL);
-	for (size_t i = 0; i < l->n_unrec; i++)
-		free(l->unrec[i].reply);
-	free(l->unrec);
-	cfg_free(l->cfg);
-	pthread_cond_destroy(&l->wake);
-	pthread_cond_destroy(&l->idle_cv);
-	pthread_mutex_destroy(&l->mu);
-	free(l);
+	local_destroy(l);
 }

@@ -10,19 +10,26 @@
  * delivery is not this module's).  A recipient listed twice in a message
  * is delivered once.  Expiry and bounces (DSN) are not done here yet.
  *
- * Threads: one worker thread of its own runs every scan, Maildir write,
- * fsync and spool update (all blocking); the event loop only calls
+ * Threads: one worker thread of its own runs every scan, spool read and
+ * Maildir write and fsync (all blocking); the event loop only calls
  * local_kick()/local_set_conf(), which take a mutex for a few instructions.
- * Events and counters are emitted from the worker (both are thread-safe).
+ * Results go to the spool with spool_rcpt_update_async() and
+ * spool_remove_async(), so they share the spool thread's group commit with
+ * incoming mail (one fsync for many results); the answers come back to an
+ * event base the worker owns and runs, and every answer of a scan is in
+ * before the next scan reads the spool.  Events and counters are emitted
+ * from the worker (both are thread-safe).  libevent threading must be on
+ * (evthread_use_pthreads()) before local_new(), as carrierd does.
  * The worker scans at start (mail queued before a restart), after each
  * kick, when the earliest deferred local recipient is due, and at least
  * every 5 minutes.
  *
- * Exactly once: the spool records a recipient DELIVERED right after the
- * Maildir file is fsync'd in new/.  A crash (kill -9, power cut) between
- * that fsync and the spool's commit of the update leaves the recipient
- * QUEUED/DEFERRED, and it is delivered a second time after the restart:
- * the one window of duplicate delivery (the message is never lost).  When
+ * Exactly once: the runner queues DELIVERED for a recipient right after
+ * its Maildir file and new/ are fsync'd.  A crash (kill -9, power cut)
+ * after that fsync and before the spool's next group commit (normally a
+ * few milliseconds) leaves the recipient QUEUED/DEFERRED, and it is
+ * delivered a second time after the restart: the one window of duplicate
+ * delivery (the message is never lost).  When
  * the spool update itself fails while the daemon runs, the runner keeps
  * the result in memory and retries recording it, without delivering again.
  *

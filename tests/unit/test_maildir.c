@@ -11,6 +11,7 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <event2/thread.h>
 #include <fcntl.h>
 #include <ftw.h>
 #include <sched.h>
@@ -559,5 +560,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_runner_defers_then_delivers, setup, teardown),
 	};
 
+	/* As carrierd does: the spool posts answers to the runner's base. */
+	evthread_use_pthreads();
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
