@@ -37,7 +37,8 @@
  *   UNKNOWN_COMMAND      500  5.5.1    verb not recognised
  *   LINE_TOO_LONG        500  5.5.6    command line > max_line, or a DATA
  *                                      text line > 1000 (RFC 5321 4.5.3.1.6
- *                                      names 500 "Line too long")
+ *                                      names 500 "Line too long"); for the
+ *                                      client, a reply line > max_line
  *   BAD_BYTES            500  5.5.2    NUL, stray CR/LF or invalid UTF-8
  *   PATH_SYNTAX          501  5.1.3*   bad mailbox syntax (5.1.7 for MAIL)
  *   PATH_TOO_LONG        501  5.1.3*   path > max_path, local part >
