@@ -160,5 +160,13 @@ install: all
 	[ -e $(DESTDIR)/etc/carrier/carrier.conf ] || \
 		install -m 0644 etc/carrier.conf $(DESTDIR)/etc/carrier/carrier.conf
 
+# ---- benchmark (issue 6): carrier against Postfix, side by side ---------
+# make bench BENCH_ARGS="--quick"   (see bench/bench.py --help)
+BENCH_ARGS ?=
+bench:
+	@scripts/deps bench
+	@$(MAKE) --no-print-directory B=build/bench OPT=-O2 build/bench/carrierd build/bench/carrier
+	@$(PYTHON) bench/bench.py --build build/bench $(BENCH_ARGS)
+
 clean:
 	rm -rf $(B)
