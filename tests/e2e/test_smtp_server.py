@@ -738,3 +738,108 @@ def test_shutdown_idle_gets_421_and_transaction_finishes(srv):
     idle.close()
     busy.close()
     assert srv.proc.wait(30) == 0
+
+
+# ---- more hostile input and resource limits ----------------------------------------------
+
+def test_nul_and_bare_cr_in_data(srv):
+    c = client(srv)
+    start_txn(c)
+    assert c.cmd("DATA").startswith(b"354")
+    c.send(b"Subject: nul\r\n\r\na\x00b\r\n.\r\n")
+    assert c.line().startswith(b"550 5.6.0")
+    assert c.cmd("MAIL FROM:<a@sender.example>").startswith(b"250")
+    assert c.cmd("RCPT TO:<u@localhost>").startswith(b"250")
+    assert c.cmd("DATA").startswith(b"354")
+    c.send(b"Subject: cr\r\n\r\na\rb\r\n.\r\n")
+    assert c.line().startswith(b"550 5.5.2")
+    # 8-bit text, even invalid UTF-8, is fine in DATA.
+    assert c.cmd("MAIL FROM:<a@sender.example>").startswith(b"250")
+    assert c.cmd("RCPT TO:<u@localhost>").startswith(b"250")
+    assert c.cmd("DATA").startswith(b"354")
+    c.send(b"Subject: 8bit\r\n\r\n\xff\xfe\xe9\r\n.\r\n")
+    assert QUEUED.match(c.line())
+    c.close()
+    assert len(wait_accepted(srv, 1)) == 1
+
+
+def test_client_not_reading_replies(srv):
+    """Thousands of pipelined commands from a client that reads nothing:
+    the server stops reading while its replies pile up, then catches up."""
+    c = client(srv, timeout=30)
+    c.ehlo()
+    n = 20000
+    import threading
+    t = threading.Thread(target=c.send, args=(b"NOOP\r\n" * n,))
+    t.start()
+    time.sleep(1.0)
+    got = 0
+    while got < n:
+        ln = c.line()
+        assert ln == b"250 2.0.0 Ok\r\n", (got, ln)
+        got += 1
+    t.join()
+    assert c.cmd("QUIT").startswith(b"221")
+    c.close()
+
+
+def carrier_ids():
+    import pwd
+    try:
+        pw = pwd.getpwnam("carrier")
+        return pw.pw_uid, pw.pw_gid
+    except KeyError:
+        return os.getuid(), os.getgid()
+
+
+@pytest.fixture
+def small_spool(make_daemon):
+    """A daemon whose spool is a 24 MiB tmpfs (needs root to mount)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    d = make_daemon(LOG, start=False)
+    d.spool.mkdir(mode=0o700, exist_ok=True)
+    uid, gid = carrier_ids()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=24m,mode=0700,uid={uid},gid={gid}",
+                        "tmpfs", str(d.spool)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {r.stderr.strip()}")
+    try:
+        d.start()
+        yield d
+    finally:
+        d.stop()
+        subprocess.run(["umount", "-l", str(d.spool)], capture_output=True)
+
+
+def test_free_space_checked_at_mail(small_spool):
+    d = small_spool
+    c = client(d)
+    c.ehlo()
+    assert c.cmd("MAIL FROM:<a@b.example> SIZE=40000000").startswith(b"452 4.3.1")
+    assert c.cmd("MAIL FROM:<a@b.example> SIZE=1000").startswith(b"250")
+    c.close()
+    assert d.events("SMTP_IN_SPACE_LOW")
+
+
+def test_disk_full_during_data_is_452_and_nothing_stays(small_spool):
+    d = small_spool
+    c = client(d, timeout=60)
+    start_txn(c)
+    assert c.cmd("DATA").startswith(b"354")
+    line = b"f" * 998 + b"\r\n"
+    c.send(b"Subject: full\r\n\r\n" + line * 30000 + b".\r\n")     # 30 MB > 24 MiB
+    assert c.line().startswith(b"452 4.3.1")
+    assert c.cmd("NOOP").startswith(b"250")
+    c.close()
+    assert accepted(d) == []
+    assert d.events("SMTP_IN_SPOOL_WRITE_FAILED")
+    body_dir = d.spool / "body"
+    assert (list(body_dir.iterdir()) if body_dir.exists() else []) == []
+    # The space came back: the next message goes through.
+    c = client(d)
+    start_txn(c)
+    assert c.cmd("DATA").startswith(b"354")
+    c.send(b"Subject: ok\r\n\r\nsmall\r\n.\r\n")
+    assert QUEUED.match(c.line())
+    c.close()
