@@ -271,3 +271,17 @@ def test_kill_after_250_delivers_once(mail_daemon):
     d.start()
     time.sleep(0.5)
     assert len(_files(d, "carol")) == 1
+
+
+def test_unwritable_root_defers(make_daemon):
+    _needs_wiring()
+    d = make_daemon("[log]\nlevel.delivery = medium\n", start=False)
+    d.maildir.write_text("a file where the Maildir root belongs\n")
+    d.start()
+    _smtp_send(d, "dave@localhost", "Subject: later\r\n\r\nwait\r\n")
+    ev = d.wait_event("LOCAL_DEFERRED")[0]
+    assert ev["fields"]["rcpt"] == "dave@localhost"
+    assert ev["fields"]["delay"] == 60
+    assert "Maildir root" in ev["fields"]["reason"]
+    assert ev["severity"] == "warning" and ev["remedy"]
+    assert not d.events("LOCAL_DELIVERED")

@@ -429,8 +429,8 @@ static void test_runner_delivers(void **state)
 	memcpy(big + sizeof big - 3, "\r\n", 3);
 	commit(sp, q1, "Subject: one\r\n\r\nhello\r\n",
 	       (const char *[]){ "alice@example.org", "Bob@EXAMPLE.ORG", NULL });
-	commit(sp, q2, "Subject: two\r\n\r\nhi\r\n",
-	       (const char *[]){ "alice@example.org", "carol@remote.net", NULL });
+	commit(sp, q2, "Subject: two\r\n\r\nhi\r\n", /* no domain: the first local one */
+	       (const char *[]){ "alice@example.org", "carol@remote.net", "Postmaster", NULL });
 	commit(sp, q3, big, /* a body in a file (inline_max 1024) */
 	       (const char *[]){ "dave@localhost", "x/y@example.org", "dave@localhost", NULL });
 
@@ -439,7 +439,8 @@ static void test_runner_delivers(void **state)
 	assert_int_equal(count_in(f->root, "bob", "new"), 1);
 	assert_int_equal(count_in(f->root, "dave", "new"), 1);   /* listed twice, once */
 	assert_int_equal(count_in(f->root, "carol", "new"), -1);
-	assert_int_equal(evlog_count(log, EV_LOCAL_DELIVERED), 4);
+	assert_int_equal(count_in(f->root, "postmaster", "new"), 1);
+	assert_int_equal(evlog_count(log, EV_LOCAL_DELIVERED), 5);
 	assert_int_equal(evlog_count(log, EV_LOCAL_FAILED), 1);
 	assert_int_equal(evlog_count(log, EV_LOCAL_REMOVED), 2);
 
@@ -453,9 +454,10 @@ static void test_runner_delivers(void **state)
 	assert_contains(env->rcpts[0].last_reply, "2.0.0 delivered to ");
 	assert_int_equal(env->rcpts[1].state, SPOOL_RCPT_QUEUED);
 	assert_int_equal(env->rcpts[1].attempts, 0);
+	assert_int_equal(env->rcpts[2].state, SPOOL_RCPT_DELIVERED);
 	spool_envelope_free(&env);
 
-	assert_int_equal(count_files(f->root, NULL, 0), 3);  /* alice bob dave */
+	assert_int_equal(count_files(f->root, NULL, 0), 4);  /* alice bob dave postmaster */
 	{
 		char p[512];
 
@@ -483,7 +485,7 @@ static void test_runner_delivers(void **state)
 	assert_int_equal(count_in(f->root, "alice", "new"), 3);
 	assert_int_equal(count_in(f->root, "bob", "new"), 1);
 	assert_int_equal(count_in(f->root, "dave", "new"), 1);
-	assert_int_equal(evlog_count(log, EV_LOCAL_DELIVERED), 5);
+	assert_int_equal(evlog_count(log, EV_LOCAL_DELIVERED), 6);
 	local_free(&l);
 	spool_close(&sp);
 	evlog_free(&log);
