@@ -9,6 +9,7 @@
  */
 #include "smtp_server.h"
 
+#include <event2/util.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -201,6 +202,7 @@ int smtp_server_accept(struct smtp_server *srv, int fd,
 	union smtp_peer peer;
 	char addr[INET6_ADDRSTRLEN];
 
+	evutil_make_socket_nonblocking(fd);
 	peer_from(sa, salen, &peer);
 	ip = ip_find(srv, &peer, false);
 	counts.total = srv->n_sessions;

@@ -143,6 +143,7 @@ static void close_after(struct smtp_session *s, unsigned code, const char *enh,
 {
 	reply(s, code, enh, "%s", text);
 	s->mode = SMTP_MODE_CLOSING;
+	s->close_reason = text;
 }
 
 /* ---- transactions ----------------------------------------------------- */
@@ -686,8 +687,13 @@ static void session_command(struct smtp_session *s, const char *line, size_t len
 	}
 	smtp_parse_status(res, cmd.verb, &st);
 	reply_err(s, smtp_parse_verb_name(cmd.verb), st.code, st.enhanced, st.text);
-	if (st.close)
-		close_after(s, 421, "4.7.0", "Cannot resynchronise, closing transmission channel");
+	if (st.close) {
+		/* A bad BDAT line: its chunk cannot be skipped, so the input
+		 * cannot be resynchronised.  The reply above is the last. */
+		txn_end(s);
+		s->mode = SMTP_MODE_CLOSING;
+		s->close_reason = "unparsable BDAT command";
+	}
 }
 
 /* ---- input ------------------------------------------------------------- */
@@ -947,7 +953,7 @@ static void read_cb(struct bufferevent *bev, void *arg)
 
 	if (s->mode == SMTP_MODE_LINGER &&
 	    (int64_t)time(NULL) >= s->linger_until) {
-		session_free(s, "closed");
+		session_free(s, s->close_reason);
 		return;
 	}
 	session_process(s);
@@ -961,7 +967,7 @@ static void write_cb(struct bufferevent *bev, void *arg)
 		/* Half-close and read what the client still sends, so unread
 		 * input does not turn our last reply into a reset. */
 		if (shutdown(bufferevent_getfd(bev), SHUT_WR) < 0) {
-			session_free(s, "closed");
+			session_free(s, s->close_reason);
 			return;
 		}
 		s->mode = SMTP_MODE_LINGER;
@@ -984,7 +990,7 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 	unsigned secs;
 
 	if (s->mode == SMTP_MODE_LINGER || s->mode == SMTP_MODE_CLOSING) {
-		session_free(s, "closed");
+		session_free(s, s->close_reason);
 		return;
 	}
 	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING)) {

@@ -75,6 +75,7 @@ struct smtp_session {
 	union smtp_peer peer;
 	uint64_t skip;                     /* refused BDAT bytes left */
 	int64_t linger_until;              /* unix seconds */
+	const char *close_reason;          /* static text, for the event */
 	unsigned errors;
 	unsigned messages;
 	uint8_t mode;                      /* enum smtp_mode */
