@@ -843,3 +843,23 @@ def test_disk_full_during_data_is_452_and_nothing_stays(small_spool):
     c.send(b"Subject: ok\r\n\r\nsmall\r\n.\r\n")
     assert QUEUED.match(c.line())
     c.close()
+
+
+def test_reload_applies_to_next_transaction(mk):
+    d = mk("[smtp]\nmax_recipients = 2\n")
+    c = client(d)
+    start_txn(c)
+    text = d.conf_path.read_text().replace("max_recipients = 2", "max_recipients = 4")
+    d.conf_path.write_text(text)
+    d.signal(1)       # SIGHUP
+    d.wait_event("CORE_RELOADED")
+    # The open transaction keeps the limits it started with ...
+    assert c.cmd("RCPT TO:<b@localhost>").startswith(b"250")
+    assert c.cmd("RCPT TO:<c@localhost>").startswith(b"452 4.5.3")
+    assert c.cmd("RSET").startswith(b"250")
+    # ... the next one gets the new ones.
+    assert c.cmd("MAIL FROM:<a@sender.example>").startswith(b"250")
+    for r in "abcd":
+        assert c.cmd(f"RCPT TO:<{r}@localhost>").startswith(b"250"), r
+    assert c.cmd("RCPT TO:<e@localhost>").startswith(b"452 4.5.3")
+    c.close()
