@@ -36,6 +36,7 @@
 #include "counters.h"
 #include "diag.h"
 #include "evlog.h"
+#include "local.h"
 #include "smtp_server.h"
 #include "spool.h"
 
@@ -64,6 +65,7 @@ struct daemon {
 	struct control *control;
 	struct control_auth auth;
 	struct smtp_server *smtp;
+	struct local *local;
 	struct evconnlistener **listeners;
 	size_t n_listeners;
 	struct event *signals[4];
@@ -517,6 +519,8 @@ static size_t reload(struct daemon *d)
 	d->conf = nc;
 	if (d->smtp)
 		smtp_server_set_conf(d->smtp, nc);
+	if (d->local)
+		local_set_conf(d->local, nc);
 	/* Keys that need a restart keep their running values in effect;
 	 * the modules holding them copied what they needed at start. */
 	conf_free(&old);
@@ -761,6 +765,13 @@ static int loop_fail(struct daemon *d, const char *what)
 	return CARRIERD_EXIT_LOOP;
 }
 
+static void message_queued(void *arg, const char *qid)
+{
+	struct daemon *d = arg;
+
+	local_kick(d->local);
+}
+
 static int start_serving(struct daemon *d, int *fds)
 {
 	char err[512];
@@ -768,6 +779,11 @@ static int start_serving(struct daemon *d, int *fds)
 	d->smtp = smtp_server_new(d->base, d->conf, d->log, d->ctr, d->spool, err, sizeof err);
 	if (d->smtp == NULL)
 		return loop_fail(d, err);
+	/* After dropping root: Maildir files are created as the user. */
+	d->local = local_new(d->base, d->conf, d->log, d->ctr, d->spool, err, sizeof err);
+	if (d->local == NULL)
+		return loop_fail(d, err);
+	smtp_server_on_queued(d->smtp, message_queued, d);
 	if (start_listeners(d, fds) < 0)
 		return loop_fail(d, "evconnlistener_new failed");
 	if (start_signals(d) < 0)
@@ -831,6 +847,7 @@ static void shutdown_daemon(struct daemon *d)
 
 	stop_listeners(d);
 	smtp_server_free(&d->smtp);
+	local_free(&d->local);
 	spool_close(&d->spool);
 	control_free(&d->control);
 	for (size_t i = 0; i < 4; i++)

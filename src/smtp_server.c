@@ -270,3 +270,9 @@ void smtp_server_free(struct smtp_server **srvp)
 	free(srv);
 	*srvp = NULL;
 }
+
+void smtp_server_on_queued(struct smtp_server *srv, smtp_server_queued_fn *fn, void *arg)
+{
+	srv->on_queued = fn;
+	srv->on_queued_arg = arg;
+}

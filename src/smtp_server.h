@@ -39,6 +39,11 @@ struct smtp_server *smtp_server_new(struct event_base *base,
 int smtp_server_accept(struct smtp_server *srv, int fd,
 		       const struct sockaddr *sa, socklen_t salen);
 
+/* Called on the loop thread after each message is durably queued, so the
+ * delivery side can start at once instead of at its next scan. */
+typedef void smtp_server_queued_fn(void *arg, const char *qid);
+void smtp_server_on_queued(struct smtp_server *srv, smtp_server_queued_fn *fn, void *arg);
+
 /* Swaps in a reloaded configuration; sessions pick it up at their next
  * transaction.  The old conf must stay valid until this returns. */
 void smtp_server_set_conf(struct smtp_server *srv, const struct carrier_conf *conf);

@@ -245,6 +245,10 @@ static void commit_done(void *arg, int rc, const char *qid, const char *err)
 	struct smtp_txn *t;
 
 	free(c);
+	/* A client that left before its 250 is not told, but its message is
+	 * queued all the same; delivery finds it at its next scan. */
+	if (rc == 0 && s != NULL && s->srv->on_queued != NULL)
+		s->srv->on_queued(s->srv->on_queued_arg, qid);
 	if (s == NULL)
 		return;
 	s->commit = NULL;
@@ -1001,6 +1005,17 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 			   EVF_I("seconds", secs), EVF_S("waiting", waiting_for(s)));
 		txn_end(s);
 		close_after(s, 421, "4.4.2", "Timeout, closing transmission channel");
+		session_update_io(s);
+		return;
+	}
+	if ((what & BEV_EVENT_EOF) && s->commit == NULL &&
+	    evbuffer_get_length(out_of(s)) > 0) {
+		/* A half-close: the client may still read; flush its replies
+		 * before closing (its transaction cannot finish any more). */
+		s->close_reason = (s->mode == SMTP_MODE_DATA || s->mode == SMTP_MODE_BDAT) ?
+				  "client vanished during DATA" : "client closed the connection";
+		txn_end(s);
+		s->mode = SMTP_MODE_CLOSING;
 		session_update_io(s);
 		return;
 	}

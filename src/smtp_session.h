@@ -50,6 +50,8 @@ struct smtp_server {
 	struct smtp_session *sessions;
 	struct smtp_ipent **ip_table;      /* per-address session counts */
 	size_t ip_buckets;
+	smtp_server_queued_fn *on_queued;  /* after each durable commit */
+	void *on_queued_arg;
 };
 
 /* What the session is doing with its input. */
