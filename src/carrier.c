@@ -20,6 +20,7 @@ static const struct cli_cmd cli_cmds[] = {
 	{ "status", cli_status_main, "is carrierd running: pid, uptime, version, listeners, spool" },
 	{ "log-level", cli_log_level_main, "show or change a category's diagnostic level at runtime" },
 	{ "reload", cli_reload_main, "reload the configuration (like SIGHUP); errors keep the running one" },
+	{ "route", cli_route_main, "show how an address is routed: space, routes by cost, and with --dns the hosts in try order" },
 	{ "send", cli_send_main, "submit a message read from stdin (like sendmail; -t reads recipients from the headers)" },
 };
 

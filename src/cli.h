@@ -12,5 +12,6 @@ int cli_status_main(int argc, char **argv);   /* cli_status.c */
 int cli_send_main(int argc, char **argv);     /* cli_send.c */
 int cli_log_level_main(int argc, char **argv); /* cli_ctl.c */
 int cli_reload_main(int argc, char **argv);    /* cli_ctl.c */
+int cli_route_main(int argc, char **argv);     /* cli_route.c */
 
 #endif
