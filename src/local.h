@@ -10,28 +10,31 @@
  * delivery is not this module's).  A recipient listed twice in a message
  * is delivered once.  Expiry and bounces (DSN) are not done here yet.
  *
- * Threads: one worker thread of its own runs every scan, spool read and
- * Maildir write and fsync (all blocking); the event loop only calls
- * local_kick()/local_set_conf(), which take a mutex for a few instructions.
+ * Threads: a worker thread of its own scans the spool and hands the due
+ * messages to 4 delivery threads, which read them and write and fsync the
+ * Maildir files in parallel (the file system journals concurrent fsyncs
+ * together: 1.3 to 2 times the deliveries per second of one thread).  All
+ * of it blocks, none of it on the event loop, which only calls
+ * local_kick() and local_set_conf() (a mutex held for a few instructions).
  * Results go to the spool with spool_rcpt_update_async() and
  * spool_remove_async(), so they share the spool thread's group commit with
  * incoming mail (one fsync for many results); the answers come back to an
- * event base the worker owns and runs, and every answer of a scan is in
- * before the next scan reads the spool.  Events and counters are emitted
- * from the worker (both are thread-safe).  libevent threading must be on
- * (evthread_use_pthreads()) before local_new(), as carrierd does.
- * The worker scans at start (mail queued before a restart), after each
- * kick, when the earliest deferred local recipient is due, and at least
- * every 5 minutes.
+ * event base the worker owns and runs while the delivery threads work, and
+ * every answer of a scan is in before the next scan reads the spool.
+ * Events and counters are emitted from any of these threads (both are
+ * thread-safe).  libevent threading must be on (evthread_use_pthreads())
+ * before local_new(), as carrierd does.  The worker scans at start (mail
+ * queued before a restart), after each kick, when the earliest deferred
+ * local recipient is due, and at least every 5 minutes.
  *
  * Exactly once: the runner queues DELIVERED for a recipient right after
  * its Maildir file and new/ are fsync'd.  A crash (kill -9, power cut)
  * after that fsync and before the spool's next group commit (normally a
  * few milliseconds) leaves the recipient QUEUED/DEFERRED, and it is
  * delivered a second time after the restart: the one window of duplicate
- * delivery (the message is never lost).  When
- * the spool update itself fails while the daemon runs, the runner keeps
- * the result in memory and retries recording it, without delivering again.
+ * delivery (the message is never lost).  When the spool update itself
+ * fails while the daemon runs, the runner keeps the result in memory and
+ * retries recording it, without delivering again.
  *
  * Wiring: create after spool_open(), free before spool_close().
  */
@@ -75,8 +78,9 @@ void local_set_conf(struct local *l, const struct carrier_conf *conf);
  */
 bool local_wait_idle(struct local *l, unsigned timeout_ms);
 
-/* Stops the worker after the message it is delivering, joins it, frees;
- * clears *lp.  NULL and *lp == NULL are fine. */
+/* Stops the threads after the messages they are delivering, waits for the
+ * spool's answers to those results, joins, frees; clears *lp.  NULL and
+ * *lp == NULL are fine. */
 void local_free(struct local **lp);
 
 /* The delay before attempt number `attempts` + 1 after a temporary failure
