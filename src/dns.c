@@ -761,7 +761,7 @@ static void mail_on_mx(struct dns_req *req, const struct answer *a)
 		if (req->mx.status != DNS_OK) {
 			hp->status = req->mx.status;
 			hp->null_mx = req->mx.null_mx;
-			snprintf(hp->reason, sizeof hp->reason, "%s %s", hp->name, req->mx.reason);
+			snprintf(hp->reason, sizeof hp->reason, "%s: %s", hp->name, req->mx.reason);
 			if (hp->null_mx)
 				evlog_emit(req->dns->log, EV_DNS_NULL_MX, EVF_S("domain", hp->name));
 			return;

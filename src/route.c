@@ -339,27 +339,24 @@ static int add_conf_routes(struct route_table *t, const struct carrier_conf *con
 	return bad;
 }
 
-static int add_implicit(struct route_table *t, const char *space, const char *via)
+/* An implicit rule for `space` unless the configuration has one. */
+static int add_implicit(struct route_table *t, const char *space, const struct route *r)
 {
-	struct route r = { 0 };
 	struct route_space *s;
-	char err[256];
 
 	if (space_find(t, space))
 		return 0;
-	if (route_parse_via(via, &r, err, sizeof err) < 0)
-		return 0;               /* e.g. a relative maildir path: no implicit rule */
-	r.cost = 0;
 	if ((s = space_add(t, space, true)) == NULL)
 		return -1;
-	space_insert(s, &r);
+	space_insert(s, r);
 	return 0;
 }
 
 struct route_table *route_table_new(const struct carrier_conf *conf, struct conf_errors *errs)
 {
 	struct route_table *t = calloc(1, sizeof *t);
-	char via[ROUTE_TARGET_MAX + 16];
+	struct route local = { 0 }, mx = { 0 };
+	char err[64];
 	int bad;
 
 	if (t == NULL)
@@ -369,15 +366,21 @@ struct route_table *route_table_new(const struct carrier_conf *conf, struct conf
 		route_table_free(&t);
 		return NULL;
 	}
-	snprintf(via, sizeof via, "maildir:%s", conf->maildir_path ? conf->maildir_path : "");
+	/* local.maildir as configured (it may be relative in a developer's
+	 * setup), not through the via syntax, which wants an absolute path. */
+	local.kind = ROUTE_MAILDIR;
+	snprintf(local.target, sizeof local.target, "%s", conf->maildir_path ? conf->maildir_path : "");
+	snprintf(local.via, sizeof local.via, "maildir:%s", local.target);
+	make_key(&local);
 	for (size_t i = 0; i < conf->n_local_domains; i++) {
 		char dom[DNS_NAME_MAX + 3];
 		snprintf(dom, sizeof dom, "%s", conf->local_domains[i]);
 		lower(dom);
-		if (add_implicit(t, dom, via) < 0)
+		if (add_implicit(t, dom, &local) < 0)
 			goto oom;
 	}
-	if (add_implicit(t, "*", "mx") < 0)
+	route_parse_via("mx", &mx, err, sizeof err);
+	if (add_implicit(t, "*", &mx) < 0)
 		goto oom;
 	return t;
 oom:
