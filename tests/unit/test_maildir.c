@@ -548,6 +548,56 @@ static void test_runner_defers_then_delivers(void **state)
 	conf_free(&good);
 }
 
+/* Many messages, more arriving while the pool delivers: each recipient
+ * exactly once, every local-only message removed. */
+static void test_runner_many(void **state)
+{
+	struct fixture *f = *state;
+	struct carrier_conf *c = load_conf(f->root);
+	struct spool *sp = open_spool(f, 0);
+	struct evlog *log = evlog_new("test");
+	char q[SPOOL_QID_SIZE], a[64], b[64], keep[SPOOL_QID_SIZE];
+	struct spool_envelope *env;
+	struct local *l;
+	int total = 0;
+
+	for (int i = 0; i < 150; i++) {
+		snprintf(a, sizeof a, "u%d@example.org", i % 10);
+		snprintf(b, sizeof b, "v%d@localhost", i % 7);
+		commit(sp, q, "Subject: many\r\n\r\nx\r\n", (const char *[]){ a, b, NULL });
+	}
+	commit(sp, keep, "Subject: r\r\n\r\n", (const char *[]){ "u0@example.org", "r@remote.example", NULL });
+	l = local_new(NULL, c, log, NULL, sp, q, sizeof q);
+	assert_non_null(l);
+	for (int i = 0; i < 150; i++) {   /* while the first scan runs */
+		snprintf(a, sizeof a, "u%d@example.org", i % 10);
+		commit(sp, q, "Subject: more\r\n\r\ny\r\n", (const char *[]){ a, NULL });
+		local_kick(l);
+	}
+	assert_true(local_wait_idle(l, 30000));
+	for (int u = 0; u < 10; u++) {
+		snprintf(a, sizeof a, "u%d", u);
+		assert_int_equal(count_in(f->root, a, "new"), 15 + 15 + (u == 0));
+		total += count_in(f->root, a, "new");
+	}
+	for (int u = 0; u < 7; u++) {
+		snprintf(b, sizeof b, "v%d", u);
+		total += count_in(f->root, b, "new");
+		assert_int_equal(count_in(f->root, b, "tmp"), 0);
+	}
+	assert_int_equal(total, 150 * 2 + 150 + 1);
+	assert_int_equal(evlog_count(log, EV_LOCAL_DELIVERED), 451);
+	assert_int_equal(evlog_count(log, EV_LOCAL_REMOVED), 300);
+	env = load(sp, keep, 0);
+	assert_int_equal(env->rcpts[0].state, SPOOL_RCPT_DELIVERED);
+	assert_int_equal(env->rcpts[1].state, SPOOL_RCPT_QUEUED);
+	spool_envelope_free(&env);
+	local_free(&l);
+	spool_close(&sp);
+	evlog_free(&log);
+	conf_free(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -560,6 +610,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_enospc_tmpfs, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_runner_delivers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_runner_defers_then_delivers, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_runner_many, setup, teardown),
 	};
 
 	/* As carrierd does: the spool posts answers to the runner's base. */
