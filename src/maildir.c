@@ -231,12 +231,16 @@ static void w_body(struct writer *w, const char *p, size_t len)
 }
 
 /* Header text with control characters (a CR or LF in an address would
- * start a new header) dropped. */
-static void w_clean(struct writer *w, const char *s)
+ * start a new header) dropped; ASCII folded to lower case with `lower`. */
+static void w_clean(struct writer *w, const char *s, bool lower)
 {
-	for (; *s != '\0'; s++)
-		if ((unsigned char)*s >= 0x20 && *s != 0x7f)
-			w_byte(w, *s);
+	for (; *s != '\0'; s++) {
+		char c = *s;
+
+		if ((unsigned char)c < 0x20 || c == 0x7f)
+			continue;
+		w_byte(w, lower && c >= 'A' && c <= 'Z' ? (char)(c - 'A' + 'a') : c);
+	}
 }
 
 static int write_message(int fd, const struct maildir_msg *msg, const char *lp,
@@ -250,11 +254,11 @@ static int write_message(int fd, const struct maildir_msg *msg, const char *lp,
 		return ENOMEM;
 	}
 	w_raw(&w, "Return-Path: <", 14);
-	w_clean(&w, msg->sender ? msg->sender : "");
+	w_clean(&w, msg->sender ? msg->sender : "", false);
 	w_raw(&w, ">\nDelivered-To: ", 16);
-	w_clean(&w, lp);
+	w_clean(&w, lp, false);
 	w_byte(&w, '@');
-	w_clean(&w, msg->domain ? msg->domain : "");
+	w_clean(&w, msg->domain ? msg->domain : "", true);
 	w_byte(&w, '\n');
 	if (msg->mem != NULL) {
 		w_body(&w, msg->mem, (size_t)msg->size);

@@ -15,7 +15,7 @@
  * is MAILDIR_OK returned.
  *
  * What is written: "Return-Path: <sender>" and "Delivered-To: lp@domain"
- * at the top, then the message with its CRLF line ends turned into LF (the
+ * (folded local part, domain in lower case) at the top, then the message with its CRLF line ends turned into LF (the
  * Unix convention every Maildir reader expects; a lone CR is kept).
  *
  * Local parts are folded to lower case (ASCII) so User@ and user@ share a

@@ -130,6 +130,25 @@ def test_send_t_reads_headers_and_drops_bcc(peer_conf):
     assert peer.data.endswith(b"Subject: s\r\n\r\nbody\r\n")
 
 
+@pytest.mark.parametrize("header,want", [
+    ("To: team: a@example.org, \"B, b\" <b@example.org>;, c@example.org",
+     ["a@example.org", "b@example.org", "c@example.org"]),
+    ("To: d@example.org (comment (nested), with comma)", ["d@example.org"]),
+    ("To: \"quoted,local\"@example.org", ['"quoted,local"@example.org']),
+    ("To: Route <@relay.example:e@example.org>", ["e@example.org"]),
+    ("to: f@example.org\nCC: g@example.org", ["f@example.org", "g@example.org"]),
+    ("Reply-To: x@example.org\nTo: h@example.org", ["h@example.org"]),
+])
+def test_send_t_address_lists(peer_conf, header, want):
+    peer = Peer()
+    try:
+        r = send(peer_conf(peer), "-t", input=header + "\nSubject: s\n\nbody\n")
+        assert r.returncode == 0, r.stderr
+    finally:
+        peer.close()
+    assert [c[len("RCPT TO:<"):-1] for c in peer.commands if c.startswith("RCPT")] == want
+
+
 def test_send_default_sender_and_any_address(peer_conf):
     peer = Peer(host="127.0.0.1")
     try:

@@ -91,7 +91,7 @@ static enum maildir_result deliver_mem(const char *root, const char *lp, const c
 				       char *path, size_t pathlen, char *err, size_t errlen)
 {
 	struct maildir_msg m = {
-		.localpart = lp, .domain = "example.org", .sender = "alice@example.net",
+		.localpart = lp, .domain = "Example.ORG", .sender = "alice@example.net",
 		.mem = body, .fd = -1, .size = strlen(body), .seq = 1,
 		.hostname = "mx.example.org",
 	};
