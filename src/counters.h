@@ -41,7 +41,8 @@
 #define COUNTERS_LAYOUT 2
 
 /* What a value means, for readers: a counter only goes up (rates are
- * deltas), a gauge goes up and down, a time is Unix seconds (0 = never). */
+ * deltas), a gauge goes up and down, a time is Unix seconds (0 = never;
+ * metrics name it <name>_timestamp_seconds). */
 enum counters_kind { COUNTERS_COUNTER, COUNTERS_GAUGE, COUNTERS_TIME };
 
 /*
@@ -133,9 +134,9 @@ enum counters_id {
 	X(MSG_DEFERRED, "messages_deferred", COUNTER, "Deliveries to the next hop deferred")    \
 	X(MSG_BOUNCED, "messages_bounced", COUNTER, "Deliveries to the next hop failed permanently") \
 	X(BYTES_OUT, "bytes_out", COUNTER, "Message bytes sent to the next hop")                \
-	X(LAST_FAILURE, "last_failure_time", TIME, "Time of the last failure")                  \
-	X(NEXT_RETRY, "next_retry_time", TIME, "Next scheduled attempt")                        \
-	X(LAST_USED, "last_used_time", TIME, "Last time the slot was looked up")
+	X(LAST_FAILURE, "last_failure", TIME, "Time of the last failure")                  \
+	X(NEXT_RETRY, "next_retry", TIME, "Next scheduled attempt")                        \
+	X(LAST_USED, "last_used", TIME, "Last time the slot was looked up")
 
 enum counters_hop_field {
 #define X(sym, name, kind, help) HOP_##sym,
