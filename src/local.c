@@ -21,6 +21,7 @@
 #include "counters.h"
 #include "evlog.h"
 #include "maildir.h"
+#include "sched.h"
 #include "spool.h"
 
 #define LOCAL_BATCH 1024          /* messages collected per scan at most */
@@ -40,6 +41,8 @@ struct local_cfg {
 	char *hostname;
 	char **domains;
 	size_t n_domains;
+	unsigned *schedule;       /* [delivery] retry_schedule */
+	struct sched_policy policy;
 };
 
 /* A result the spool refused to store; recorded again before new work. */
@@ -107,16 +110,6 @@ struct scan {
 	bool more;                /* stopped at LOCAL_BATCH */
 };
 
-int64_t local_backoff(uint32_t attempts)
-{
-	static const int64_t steps[] = { 60, 300, 900, 1800, 3600, 7200, 14400 };
-	size_t n = sizeof steps / sizeof steps[0];
-
-	if (attempts == 0)
-		attempts = 1;
-	return attempts > n ? steps[n - 1] : steps[attempts - 1];
-}
-
 /* ---- configuration copies ----------------------------------------------- */
 
 static void cfg_free(struct local_cfg *c)
@@ -128,6 +121,7 @@ static void cfg_free(struct local_cfg *c)
 	free(c->domains);
 	free(c->root);
 	free(c->hostname);
+	free(c->schedule);
 	free(c);
 }
 
@@ -141,8 +135,16 @@ static struct local_cfg *cfg_new(const struct carrier_conf *conf)
 	c->root = strdup(conf->maildir_path ? conf->maildir_path : "");
 	c->hostname = strdup(conf->hostname ? conf->hostname : "");
 	c->domains = calloc(conf->n_local_domains + 1, sizeof *c->domains);
-	if (c->root == NULL || c->hostname == NULL || c->domains == NULL)
+	c->schedule = calloc(conf->n_retry_schedule + 1, sizeof *c->schedule);
+	if (c->root == NULL || c->hostname == NULL || c->domains == NULL || c->schedule == NULL)
 		goto fail;
+	if (conf->n_retry_schedule > 0)
+		memcpy(c->schedule, conf->retry_schedule,
+		       conf->n_retry_schedule * sizeof *c->schedule);
+	c->policy.schedule = c->schedule;
+	c->policy.n = conf->n_retry_schedule;
+	c->policy.lifetime = conf->max_queue_lifetime;
+	c->policy.delay_warning = conf->delay_warning;
 	for (size_t i = 0; i < conf->n_local_domains; i++) {
 		if ((c->domains[i] = strdup(conf->local_domains[i])) == NULL)
 			goto fail;
@@ -493,12 +495,64 @@ static bool duplicate_of(const struct msgctx *m, size_t i)
 	return false;
 }
 
+/*
+ * Records, logs and counts the result of one attempt: `text` is the file's
+ * path on success, else the reason.  A temporary failure is deferred by the
+ * [delivery] retry schedule (sched), or fails once the message has been
+ * queued longer than max_queue_lifetime.
+ */
+static void record_result(struct msgctx *m, size_t i, enum maildir_result res,
+			  const char *text, int64_t now, uint64_t seq)
+{
+	struct local *l = m->l;
+	const struct spool_rcpt *r = &m->env->rcpts[i];
+	const char *qid = m->env->qid;
+	char reply[1200];
+	uint64_t rnd;
+	int64_t next = 0;
+
+	if (res == MAILDIR_OK) {
+		snprintf(reply, sizeof reply, "2.0.0 delivered to %s", text);
+		if (record(l, qid, i, r->addr, SPOOL_RCPT_DELIVERED, reply, 0) == 0)
+			m->states[i] = SPOOL_RCPT_DELIVERED;
+		evlog_emit(l->log, EV_LOCAL_DELIVERED, EVF_S("qid", qid),
+			   EVF_S("rcpt", r->addr), EVF_S("path", text));
+		count(l, COUNTER_MSG_DELIVERED);
+		return;
+	}
+	sched_rand_seed(&rnd, (uint64_t)now ^ (seq * 0x9e3779b97f4a7c15ull));
+	if (res == MAILDIR_TEMP &&
+	    sched_temp_failure(&m->cfg->policy, m->env->arrival, r->attempts, now, &rnd,
+			       &next) == SCHED_RETRY) {
+		snprintf(reply, sizeof reply, "4.2.0 %s", text);
+		record(l, qid, i, r->addr, SPOOL_RCPT_DEFERRED, reply, next);
+		m->states[i] = SPOOL_RCPT_DEFERRED;
+		evlog_emit(l->log, EV_LOCAL_DEFERRED, EVF_S("qid", qid), EVF_S("rcpt", r->addr),
+			   EVF_I("attempt", r->attempts + 1), EVF_I("delay", next - now),
+			   EVF_S("reason", text));
+		count(l, COUNTER_MSG_DEFERRED);
+		return;
+	}
+	if (res == MAILDIR_TEMP) {
+		snprintf(reply, sizeof reply, "4.4.7 queued too long; last attempt: %s", text);
+		evlog_emit(l->log, EV_LOCAL_EXPIRED, EVF_S("qid", qid), EVF_S("rcpt", r->addr),
+			   EVF_I("lifetime", m->cfg->policy.lifetime), EVF_S("reason", text));
+	} else {
+		snprintf(reply, sizeof reply, "5.2.0 %s", text);
+		evlog_emit(l->log, EV_LOCAL_FAILED, EVF_S("qid", qid), EVF_S("rcpt", r->addr),
+			   EVF_S("reason", text));
+	}
+	if (record(l, qid, i, r->addr, SPOOL_RCPT_FAILED, reply, 0) == 0)
+		m->states[i] = SPOOL_RCPT_FAILED;
+	count(l, COUNTER_MSG_BOUNCED);
+}
+
 static void deliver_rcpt(struct msgctx *m, size_t i, int64_t now)
 {
 	struct local *l = m->l;
 	const struct spool_rcpt *r = &m->env->rcpts[i];
 	const char *qid = m->env->qid, *domain;
-	char lp[1024], path[4096], err[1024], reply[1200];
+	char lp[1024], path[4096], err[1024];
 	struct maildir_msg msg = { .fd = -1 };
 	enum maildir_result res;
 	size_t len = 0;
@@ -524,31 +578,7 @@ static void deliver_rcpt(struct msgctx *m, size_t i, int64_t now)
 	} else {
 		res = maildir_deliver(m->cfg->root, &msg, path, sizeof path, err, sizeof err);
 	}
-	if (res == MAILDIR_OK) {
-		snprintf(reply, sizeof reply, "2.0.0 delivered to %s", path);
-		if (record(l, qid, i, r->addr, SPOOL_RCPT_DELIVERED, reply, 0) == 0)
-			m->states[i] = SPOOL_RCPT_DELIVERED;
-		evlog_emit(l->log, EV_LOCAL_DELIVERED, EVF_S("qid", qid),
-			   EVF_S("rcpt", r->addr), EVF_S("path", path));
-		count(l, COUNTER_MSG_DELIVERED);
-	} else if (res == MAILDIR_TEMP) {
-		int64_t delay = local_backoff(r->attempts + 1);
-
-		snprintf(reply, sizeof reply, "4.2.0 %s", err);
-		record(l, qid, i, r->addr, SPOOL_RCPT_DEFERRED, reply, now + delay);
-		m->states[i] = SPOOL_RCPT_DEFERRED;
-		evlog_emit(l->log, EV_LOCAL_DEFERRED, EVF_S("qid", qid), EVF_S("rcpt", r->addr),
-			   EVF_I("attempt", r->attempts + 1), EVF_I("delay", delay),
-			   EVF_S("reason", err));
-		count(l, COUNTER_MSG_DEFERRED);
-	} else {
-		snprintf(reply, sizeof reply, "5.2.0 %s", err);
-		if (record(l, qid, i, r->addr, SPOOL_RCPT_FAILED, reply, 0) == 0)
-			m->states[i] = SPOOL_RCPT_FAILED;
-		evlog_emit(l->log, EV_LOCAL_FAILED, EVF_S("qid", qid), EVF_S("rcpt", r->addr),
-			   EVF_S("reason", err));
-		count(l, COUNTER_MSG_BOUNCED);
-	}
+	record_result(m, i, res, res == MAILDIR_OK ? path : err, now, msg.seq);
 }
 
 /* Queues the removal after the updates (the spool applies changes to one

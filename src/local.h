@@ -4,11 +4,13 @@
  * Takes the spool's pending recipients whose domain is local (or that have
  * no domain), delivers each into its Maildir with the maildir agent, and
  * records each result in the spool: DELIVERED, DEFERRED with the next
- * attempt after a backoff (1m, 5m, 15m, 30m, 1h, 2h, then every 4h), or
- * FAILED.  A message whose recipients are all final is removed from the
- * spool.  Recipients in other domains are left as they are (remote
- * delivery is not this module's).  A recipient listed twice in a message
- * is delivered once.  Expiry and bounces (DSN) are not done here yet.
+ * attempt from sched's policy ([delivery] retry_schedule, 1m, 5m, 15m,
+ * 30m, 1h, 2h, 4h by default, with jitter), or FAILED (permanent failure,
+ * or temporary failures for longer than [delivery] max_queue_lifetime).  A
+ * message whose recipients are all final is removed from the spool.
+ * Recipients in other domains are left as they are (remote delivery is not
+ * this module's).  A recipient listed twice in a message is delivered
+ * once.  Bounces and delay warnings (DSN) are not sent from here yet.
  *
  * Threads: a worker thread of its own scans the spool and hands the due
  * messages to 4 delivery threads, which read them and write and fsync the
@@ -54,7 +56,8 @@ struct spool;
 
 /*
  * Starts the runner and its worker thread (which scans the spool at once).
- * Copies what it needs from `conf` (maildir_path, local_domains, hostname),
+ * Copies what it needs from `conf` (maildir_path, local_domains, hostname,
+ * retry_schedule, max_queue_lifetime),
  * so `conf` may be freed after the call.  `log` and `ctr` may be NULL;
  * `spool`, `log` and `ctr` must outlive the runner.  `base` is the loop the
  * runner belongs to (kept for wiring; the worker needs nothing from it).
@@ -82,9 +85,5 @@ bool local_wait_idle(struct local *l, unsigned timeout_ms);
  * spool's answers to those results, joins, frees; clears *lp.  NULL and
  * *lp == NULL are fine. */
 void local_free(struct local **lp);
-
-/* The delay before attempt number `attempts` + 1 after a temporary failure
- * (attempts = failed attempts so far, >= 1): 60, 300, 900, ... seconds. */
-int64_t local_backoff(uint32_t attempts);
 
 #endif

@@ -340,7 +340,7 @@ static void test_enospc_tmpfs(void **state)
 
 /* ---- local runner against a real spool ------------------------------------ */
 
-static struct carrier_conf *load_conf(const char *root)
+static struct carrier_conf *load_conf_extra(const char *root, const char *extra)
 {
 	struct conf_errors errs = { 0 };
 	char text[1024];
@@ -348,7 +348,7 @@ static struct carrier_conf *load_conf(const char *root)
 
 	snprintf(text, sizeof text,
 		 "[server]\nlocal_domains = example.org, localhost\nhostname = mx.test\n"
-		 "[local]\nmaildir = %s\n", root);
+		 "[local]\nmaildir = %s\n%s", root, extra);
 	c = conf_load_string("test.conf", text, &errs);
 	if (c == NULL) {
 		char buf[512];
@@ -358,6 +358,11 @@ static struct carrier_conf *load_conf(const char *root)
 	}
 	conf_errors_clear(&errs);
 	return c;
+}
+
+static struct carrier_conf *load_conf(const char *root)
+{
+	return load_conf_extra(root, "");
 }
 
 static struct spool *open_spool(const struct fixture *f, size_t inline_max)
@@ -377,20 +382,29 @@ static struct spool *open_spool(const struct fixture *f, size_t inline_max)
 	return sp;
 }
 
-/* Commits a message to the given recipients (NULL-terminated). */
-static void commit(struct spool *sp, char qid[SPOOL_QID_SIZE], const char *body,
-		   const char *const *rcpts)
+/* Commits a message that arrived at `arrival` (0: now) to the given
+ * recipients (NULL-terminated). */
+static void commit_at(struct spool *sp, char qid[SPOOL_QID_SIZE], const char *body,
+		      const char *const *rcpts, int64_t arrival)
 {
 	char err[512] = "";
 	struct spool_msg *m = spool_msg_new(sp, err, sizeof err);
 
 	assert_non_null(m);
+	if (arrival)
+		spool_msg_set_arrival(m, arrival);
 	assert_int_equal(spool_msg_set_sender(m, "alice@example.net"), 0);
 	for (size_t i = 0; rcpts[i] != NULL; i++)
 		assert_int_equal(spool_msg_add_rcpt(m, rcpts[i], 0, NULL), 0);
 	assert_int_equal(spool_msg_append(m, body, strlen(body), err, sizeof err), 0);
 	if (spool_commit(sp, &m, qid, err, sizeof err) != 0)
 		fail_msg("commit: %s", err);
+}
+
+static void commit(struct spool *sp, char qid[SPOOL_QID_SIZE], const char *body,
+		   const char *const *rcpts)
+{
+	commit_at(sp, qid, body, rcpts, 0);
 }
 
 static struct spool_envelope *load(struct spool *sp, const char *qid, int want_rc)
@@ -514,8 +528,9 @@ static void test_runner_defers_then_delivers(void **state)
 	env = load(sp, q, 0);
 	assert_int_equal(env->rcpts[0].state, SPOOL_RCPT_DEFERRED);
 	assert_int_equal(env->rcpts[0].attempts, 1);
-	assert_true(env->rcpts[0].next_attempt >= before + 60);
-	assert_true(env->rcpts[0].next_attempt <= (int64_t)time(NULL) + 60);
+	/* retry_schedule's first step, 1m, with up to 10% jitter */
+	assert_true(env->rcpts[0].next_attempt >= before + 54);
+	assert_true(env->rcpts[0].next_attempt <= (int64_t)time(NULL) + 66);
 	assert_contains(env->rcpts[0].last_reply, "4.2.0 open Maildir root");
 	spool_envelope_free(&env);
 
@@ -538,10 +553,6 @@ static void test_runner_defers_then_delivers(void **state)
 	assert_null(load(sp, q, 1));
 	local_free(&l);
 
-	assert_int_equal(local_backoff(1), 60);
-	assert_int_equal(local_backoff(2), 300);
-	assert_int_equal(local_backoff(3), 900);
-	assert_int_equal(local_backoff(100), 14400);
 	spool_close(&sp);
 	evlog_free(&log);
 	conf_free(&bad);
@@ -598,6 +609,37 @@ static void test_runner_many(void **state)
 	conf_free(&c);
 }
 
+/* Temporary failures past max_queue_lifetime fail the recipient (4.4.7). */
+static void test_runner_expires(void **state)
+{
+	struct fixture *f = *state;
+	char bad_root[256], q[SPOOL_QID_SIZE], fresh[SPOOL_QID_SIZE];
+	struct carrier_conf *c;
+	struct spool *sp = open_spool(f, 0);
+	struct evlog *log = evlog_new("test");
+	struct spool_envelope *env;
+	struct local *l;
+
+	snprintf(q, sizeof q, "%s/file", f->dir);
+	close(open(q, O_WRONLY | O_CREAT, 0600));
+	snprintf(bad_root, sizeof bad_root, "%s/file/mail", f->dir);
+	c = load_conf_extra(bad_root, "[delivery]\nmax_queue_lifetime = 1h\n");
+	commit_at(sp, q, "Subject: old\r\n\r\n", (const char *[]){ "bob@example.org", NULL },
+		  (int64_t)time(NULL) - 7200);
+	commit(sp, fresh, "Subject: new\r\n\r\n", (const char *[]){ "bob@example.org", NULL });
+	l = start(c, log, sp);
+	assert_int_equal(evlog_count(log, EV_LOCAL_EXPIRED), 1);
+	assert_int_equal(evlog_count(log, EV_LOCAL_DEFERRED), 1);
+	assert_null(load(sp, q, 1));          /* failed, so final: removed */
+	env = load(sp, fresh, 0);
+	assert_int_equal(env->rcpts[0].state, SPOOL_RCPT_DEFERRED);
+	spool_envelope_free(&env);
+	local_free(&l);
+	spool_close(&sp);
+	evlog_free(&log);
+	conf_free(&c);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -611,6 +653,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_runner_delivers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_runner_defers_then_delivers, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_runner_many, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_runner_expires, setup, teardown),
 	};
 
 	/* As carrierd does: the spool posts answers to the runner's base. */
