@@ -3,6 +3,9 @@
  *
  *   carrier send [-c FILE] [-f SENDER] [-t] [-i] [RCPT...] < message
  *
+ * Also accepted, for scripts written for sendmail (cron, mail(1)), and
+ * without effect: -oX (-oi, -oem, ...), -F NAME, -B TYPE.
+ *
  * Reads a message on stdin and submits it over SMTP (EHLO, MAIL, RCPT,
  * DATA) to the daemon's first listen address (0.0.0.0 is reached as
  * 127.0.0.1, :: as ::1) with a plain blocking client.  LF line ends become
@@ -95,7 +98,9 @@ static void send_usage(FILE *out)
 		"  -c FILE    configuration file (default: the embedded development one)\n"
 		"  -f SENDER  envelope sender (default: your user name @ the first local domain)\n"
 		"  -t         also take recipients from To, Cc and Bcc; Bcc is removed\n"
-		"  -i, -oi    accepted for sendmail compatibility (a '.' never ends the input)\n"
+		"  -i, -oX, -F NAME, -B TYPE\n"
+		"             accepted for sendmail compatibility, without effect\n"
+		"             (a line holding a lone '.' never ends the input)\n"
 		"\n"
 		"Exit status: 0 queued, 75 temporary failure, 65 refused, 64 bad usage,\n"
 		"78 configuration error, 74 cannot read stdin.\n");
@@ -140,7 +145,15 @@ static int parse_args(int argc, char **argv, struct send_opts *o)
 			o->sender = a + 2;
 		} else if (!strcmp(a, "-t")) {
 			o->from_headers = true;
-		} else if (!strcmp(a, "-i") || !strcmp(a, "-oi")) {
+		} else if (!strcmp(a, "-i") || !strncmp(a, "-o", 2)) {
+			continue;     /* -oi, -oem, -odi...: sendmail's, no effect */
+		} else if (!strcmp(a, "-F") || !strcmp(a, "-B")) {
+			if (i + 1 >= argc) {
+				fprintf(stderr, "carrier send: %s needs a value\n", a);
+				return -1;
+			}
+			i++;          /* full name, body type: accepted, unused */
+		} else if (!strncmp(a, "-F", 2) || !strncmp(a, "-B", 2)) {
 			continue;
 		} else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
 			return 1;

@@ -149,6 +149,18 @@ def test_send_t_address_lists(peer_conf, header, want):
     assert [c[len("RCPT TO:<"):-1] for c in peer.commands if c.startswith("RCPT")] == want
 
 
+def test_send_sendmail_options(peer_conf):
+    """What cron and mail(1) pass: -FCronDaemon -i -B8BITMIME -oem, --."""
+    peer = Peer()
+    try:
+        r = send(peer_conf(peer), "-FCronDaemon", "-i", "-B", "8BITMIME", "-oem",
+                 "-F", "Full Name", "--", "bob@example.org")
+        assert r.returncode == 0, r.stderr
+    finally:
+        peer.close()
+    assert "RCPT TO:<bob@example.org>" in peer.commands
+
+
 def test_send_default_sender_and_any_address(peer_conf):
     peer = Peer(host="127.0.0.1")
     try:
