@@ -316,3 +316,21 @@ def test_unwritable_root_defers(make_daemon):
     assert "Maildir root" in ev["fields"]["reason"]
     assert ev["severity"] == "warning" and ev["remedy"]
     assert not d.events("LOCAL_DELIVERED")
+
+
+def test_large_message_from_a_body_file(mail_daemon):
+    """Above spool.inline_max the body is a file: delivered from its fd."""
+    d = mail_daemon
+    lines = [f"line {i:07d} " + "y" * 60 for i in range(40000)]      # ~2.9 MB
+    body = "Subject: big\r\n\r\n" + "\r\n".join(lines) + "\r\n"
+    _smtp_send(d, "erin@localhost", body)
+    files = _wait_files(d, "erin", 1, timeout=30)
+    d.wait_event("LOCAL_REMOVED", timeout=30)
+    text = files[0].read_bytes()
+    head = b"Return-Path: <alice@example.net>\nDelivered-To: erin@localhost\nReceived: "
+    want = body.replace("\r\n", "\n").encode()
+    assert text.startswith(head)
+    assert text.endswith(want)
+    assert b"\r" not in text
+    received = text[len(head) - len(b"Received: "):len(text) - len(want)]
+    assert received.count(b"\nReceived: ") == 0 and len(received) < 400
