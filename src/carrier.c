@@ -21,6 +21,8 @@ static const struct cli_cmd cli_cmds[] = {
 	{ "log-level", cli_log_level_main, "show or change a category's diagnostic level at runtime" },
 	{ "reload", cli_reload_main, "reload the configuration (like SIGHUP); errors keep the running one" },
 	{ "route", cli_route_main, "show how an address is routed: space, routes by cost, and with --dns the hosts in try order" },
+	{ "stats", cli_stats_main, "print the counters: connections, messages, queue, spool, DNS, next hops (--json)" },
+	{ "top", cli_top_main, "live view of the next hops: queue, age, failures, rates" },
 	{ "send", cli_send_main, "submit a message read from stdin (like sendmail; -t reads recipients from the headers)" },
 };
 

@@ -13,5 +13,7 @@ int cli_send_main(int argc, char **argv);     /* cli_send.c */
 int cli_log_level_main(int argc, char **argv); /* cli_ctl.c */
 int cli_reload_main(int argc, char **argv);    /* cli_ctl.c */
 int cli_route_main(int argc, char **argv);     /* cli_route.c */
+int cli_stats_main(int argc, char **argv);     /* cli_stats.c */
+int cli_top_main(int argc, char **argv);       /* cli_top.c */
 
 #endif
