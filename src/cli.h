@@ -15,5 +15,6 @@ int cli_reload_main(int argc, char **argv);    /* cli_ctl.c */
 int cli_route_main(int argc, char **argv);     /* cli_route.c */
 int cli_stats_main(int argc, char **argv);     /* cli_stats.c */
 int cli_top_main(int argc, char **argv);       /* cli_top.c */
+int cli_track_main(int argc, char **argv);     /* cli_track.c */
 
 #endif
