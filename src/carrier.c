@@ -23,6 +23,7 @@ static const struct cli_cmd cli_cmds[] = {
 	{ "route", cli_route_main, "show how an address is routed: space, routes by cost, and with --dns the hosts in try order" },
 	{ "stats", cli_stats_main, "print the counters: connections, messages, queue, spool, DNS, next hops (--json)" },
 	{ "top", cli_top_main, "live view of the next hops: queue, age, failures, rates" },
+	{ "track", cli_track_main, "tell messages' stories from the tracking log (by queue ID, Message-ID, sender, recipient, time)" },
 	{ "send", cli_send_main, "submit a message read from stdin (like sendmail; -t reads recipients from the headers)" },
 };
 
