@@ -1,5 +1,5 @@
 /*
- * sched: when each recipient is tried next.  Pure: no I/O, no clock, no
+ * schedule: when each recipient is tried next.  Pure: no I/O, no clock, no
  * global state; the caller passes `now` and a PRNG state of its own.
  *
  * Owns the retry policy: the backoff schedule with jitter, the queue
@@ -10,19 +10,19 @@
  *
  * Threads: reentrant; a policy is read-only once filled.
  */
-#ifndef CARRIER_SCHED_H
-#define CARRIER_SCHED_H
+#ifndef CARRIER_SCHEDULE_H
+#define CARRIER_SCHEDULE_H
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
-/* Messages of backlog per connection to one next hop (see sched_hop_limit). */
-#define SCHED_MSGS_PER_CONN 4u
-/* Jitter: the delay is moved by up to 1/SCHED_JITTER_DIV either way. */
-#define SCHED_JITTER_DIV 10
+/* Messages of backlog per connection to one next hop (see schedule_hop_limit). */
+#define SCHEDULE_MSGS_PER_CONN 4u
+/* Jitter: the delay is moved by up to 1/SCHEDULE_JITTER_DIV either way. */
+#define SCHEDULE_JITTER_DIV 10
 
-struct sched_policy {
+struct schedule_policy {
 	const unsigned *schedule;   /* seconds; the last repeats; n >= 1 */
 	size_t n;
 	int64_t lifetime;           /* seconds from arrival, then expire */
@@ -30,9 +30,9 @@ struct sched_policy {
 };
 
 /* Seeds a PRNG state (xorshift64*); any seed works, 0 included. */
-void sched_rand_seed(uint64_t *state, uint64_t seed);
+void schedule_rand_seed(uint64_t *state, uint64_t seed);
 /* Next 64-bit pseudo-random value; updates *state. */
-uint64_t sched_rand_next(uint64_t *state);
+uint64_t schedule_rand_next(uint64_t *state);
 
 /*
  * Delay before the next attempt after a temporary failure, when
@@ -40,25 +40,25 @@ uint64_t sched_rand_next(uint64_t *state);
  * schedule[min(attempts, n-1)] moved by a uniform jitter of up to 10%
  * (never below 1 s).  An empty schedule counts as { 60 }.
  */
-int64_t sched_delay(const struct sched_policy *p, uint32_t attempts, uint64_t *rnd);
+int64_t schedule_delay(const struct schedule_policy *p, uint32_t attempts, uint64_t *rnd);
 
 /* Unix time at which a message that arrived at `arrival` expires. */
-int64_t sched_expiry(const struct sched_policy *p, int64_t arrival);
+int64_t schedule_expiry(const struct schedule_policy *p, int64_t arrival);
 /* True when it has expired at `now`. */
-bool sched_expired(const struct sched_policy *p, int64_t arrival, int64_t now);
+bool schedule_expired(const struct schedule_policy *p, int64_t arrival, int64_t now);
 
-enum sched_verdict {
-	SCHED_RETRY,    /* defer until *next_r */
-	SCHED_EXPIRE,   /* lifetime over: fail the recipient (bounce) */
+enum schedule_verdict {
+	SCHEDULE_RETRY,    /* defer until *next_r */
+	SCHEDULE_EXPIRE,   /* lifetime over: fail the recipient (bounce) */
 };
 
 /*
  * What to do with a recipient whose attempt at `now` failed temporarily.
- * SCHED_RETRY sets *next_r to now + sched_delay(), brought forward to the
+ * SCHEDULE_RETRY sets *next_r to now + schedule_delay(), brought forward to the
  * expiry time when that comes first (so the last try and the bounce come
  * on time, not a backoff step late).
  */
-enum sched_verdict sched_temp_failure(const struct sched_policy *p, int64_t arrival,
+enum schedule_verdict schedule_temp_failure(const struct schedule_policy *p, int64_t arrival,
 				      uint32_t attempts, int64_t now, uint64_t *rnd,
 				      int64_t *next_r);
 
@@ -69,15 +69,15 @@ enum sched_verdict sched_temp_failure(const struct sched_policy *p, int64_t arri
  * (DELAY given, or no NOTIFY at all: RFC 3461 4.1 leaves the default to
  * us and we use FAILURE,DELAY).  `notify` is SPOOL_NOTIFY_* bits.
  */
-bool sched_delay_warning_due(const struct sched_policy *p, int64_t arrival,
+bool schedule_delay_warning_due(const struct schedule_policy *p, int64_t arrival,
 			     int64_t now, unsigned notify, bool warned,
 			     bool null_sender);
 
 /*
  * Connections a next hop may use for a backlog of `backlog` messages
- * (in flight + waiting): one per SCHED_MSGS_PER_CONN, at least 1, at
+ * (in flight + waiting): one per SCHEDULE_MSGS_PER_CONN, at least 1, at
  * most `max` (>= 1).
  */
-unsigned sched_hop_limit(size_t backlog, unsigned max);
+unsigned schedule_hop_limit(size_t backlog, unsigned max);
 
 #endif

@@ -1,11 +1,11 @@
 /*
- * sched: the retry policy (see sched.h).  Pure functions of their inputs.
+ * schedule: the retry policy (see sched.h).  Pure functions of their inputs.
  */
-#include "sched.h"
+#include "schedule.h"
 
 #include "spool.h"
 
-void sched_rand_seed(uint64_t *state, uint64_t seed)
+void schedule_rand_seed(uint64_t *state, uint64_t seed)
 {
 	/* splitmix64 step: spreads any seed, and xorshift needs nonzero. */
 	uint64_t z = seed + 0x9e3779b97f4a7c15ull;
@@ -16,7 +16,7 @@ void sched_rand_seed(uint64_t *state, uint64_t seed)
 	*state = z ? z : 0x2545f4914f6cdd1dull;
 }
 
-uint64_t sched_rand_next(uint64_t *state)
+uint64_t schedule_rand_next(uint64_t *state)
 {
 	uint64_t x = *state ? *state : 0x2545f4914f6cdd1dull;
 
@@ -27,7 +27,7 @@ uint64_t sched_rand_next(uint64_t *state)
 	return x * 0x2545f4914f6cdd1dull;
 }
 
-int64_t sched_delay(const struct sched_policy *p, uint32_t attempts, uint64_t *rnd)
+int64_t schedule_delay(const struct schedule_policy *p, uint32_t attempts, uint64_t *rnd)
 {
 	int64_t base = 60, j, d;
 
@@ -35,37 +35,37 @@ int64_t sched_delay(const struct sched_policy *p, uint32_t attempts, uint64_t *r
 		base = p->schedule[attempts < p->n ? attempts : p->n - 1];
 	if (base < 1)
 		base = 1;
-	j = base / SCHED_JITTER_DIV;
+	j = base / SCHEDULE_JITTER_DIV;
 	d = base;
 	if (j > 0)
-		d = base - j + (int64_t)(sched_rand_next(rnd) % (uint64_t)(2 * j + 1));
+		d = base - j + (int64_t)(schedule_rand_next(rnd) % (uint64_t)(2 * j + 1));
 	return d < 1 ? 1 : d;
 }
 
-int64_t sched_expiry(const struct sched_policy *p, int64_t arrival)
+int64_t schedule_expiry(const struct schedule_policy *p, int64_t arrival)
 {
 	return arrival + p->lifetime;
 }
 
-bool sched_expired(const struct sched_policy *p, int64_t arrival, int64_t now)
+bool schedule_expired(const struct schedule_policy *p, int64_t arrival, int64_t now)
 {
-	return now >= sched_expiry(p, arrival);
+	return now >= schedule_expiry(p, arrival);
 }
 
-enum sched_verdict sched_temp_failure(const struct sched_policy *p, int64_t arrival,
+enum schedule_verdict schedule_temp_failure(const struct schedule_policy *p, int64_t arrival,
 				      uint32_t attempts, int64_t now, uint64_t *rnd,
 				      int64_t *next_r)
 {
-	int64_t next, exp = sched_expiry(p, arrival);
+	int64_t next, exp = schedule_expiry(p, arrival);
 
 	if (now >= exp)
-		return SCHED_EXPIRE;
-	next = now + sched_delay(p, attempts, rnd);
+		return SCHEDULE_EXPIRE;
+	next = now + schedule_delay(p, attempts, rnd);
 	*next_r = next > exp ? exp : next;
-	return SCHED_RETRY;
+	return SCHEDULE_RETRY;
 }
 
-bool sched_delay_warning_due(const struct sched_policy *p, int64_t arrival,
+bool schedule_delay_warning_due(const struct schedule_policy *p, int64_t arrival,
 			     int64_t now, unsigned notify, bool warned,
 			     bool null_sender)
 {
@@ -78,9 +78,9 @@ bool sched_delay_warning_due(const struct sched_policy *p, int64_t arrival,
 	return now >= arrival + p->delay_warning;
 }
 
-unsigned sched_hop_limit(size_t backlog, unsigned max)
+unsigned schedule_hop_limit(size_t backlog, unsigned max)
 {
-	size_t n = (backlog + SCHED_MSGS_PER_CONN - 1) / SCHED_MSGS_PER_CONN;
+	size_t n = (backlog + SCHEDULE_MSGS_PER_CONN - 1) / SCHEDULE_MSGS_PER_CONN;
 
 	if (max < 1)
 		max = 1;
