@@ -560,6 +560,9 @@ static void on_ub_answer(void *arg, int err, struct ub_result *res)
 		return;
 	}
 	event_del(q->timer);
+	/* Detached first: the user callback may free req and start (or cancel)
+	 * a new request that lands at the same address. */
+	q->req = NULL;
 	classify(q->dns, q, err, res, &a);
 	req_on_answer(req, q->rrtype, q->slot, &a); /* may finish (and free) req */
 	if (res)
