@@ -8,6 +8,10 @@
  * write the spool (the runner stores next_attempt in the spool's
  * per-recipient record, so the schedule survives restarts).
  *
+ * Named schedule, not sched (DESIGN.md's module name): src/ is on the
+ * include path, and a src/sched.h would shadow the system <sched.h> that
+ * <pthread.h> includes.
+ *
  * Threads: reentrant; a policy is read-only once filled.
  */
 #ifndef CARRIER_SCHEDULE_H

@@ -1,0 +1,1891 @@
+/*
+ * delivery: the delivery runner (see delivery.h for the contract).
+ *
+ * Owns the pending-message index (a set of known qids and a min-heap of
+ * their next attempt times: every known message has exactly one heap
+ * entry unless it is being attempted), the next-hop table, the messages in
+ * flight, the SMTP client and one worker thread.  The loop thread does
+ * routing, DNS, SMTP and the bookkeeping; the worker does what blocks on
+ * disk (spool walks and loads, Maildir writes, notification commits) and
+ * hands each finished job back through one event.
+ */
+#include "delivery.h"
+
+#include <errno.h>
+#include <event2/event.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "conf.h"
+#include "counters.h"
+#include "dsn.h"
+#include "evlog.h"
+#include "maildir.h"
+#include "route.h"
+#include "schedule.h"
+#include "smtp_client.h"
+#include "spool.h"
+
+#define SCAN_CHUNK 16384          /* index entries handed over per job */
+#define RESCAN_SECS 1800          /* safety walk of the spool */
+#define ERROR_RETRY 60            /* seconds after a spool error */
+#define MAX_TIMER 300             /* the timer fires at least this often */
+#define HDR_READ_MAX 65536        /* bytes read to find a header */
+#define REPLY_MAX 600
+#define HOP_BUCKETS 1024
+
+/* ---- configuration copy ------------------------------------------------- */
+
+struct dcfg {
+	unsigned *schedule;
+	size_t n_schedule;
+	struct schedule_policy pol;
+	unsigned max_deliveries, max_conns;
+	char *hostname;
+	char *double_bounce_to;
+	char *default_domain;     /* for a recipient without '@' */
+};
+
+static void dcfg_free(struct dcfg *c)
+{
+	free(c->schedule);
+	free(c->hostname);
+	free(c->double_bounce_to);
+	free(c->default_domain);
+	memset(c, 0, sizeof *c);
+}
+
+static int dcfg_init(struct dcfg *c, const struct carrier_conf *conf)
+{
+	char host[256] = "localhost";
+
+	memset(c, 0, sizeof *c);
+	c->n_schedule = conf->n_retry_schedule ? conf->n_retry_schedule : 1;
+	c->schedule = calloc(c->n_schedule, sizeof *c->schedule);
+	if (c->schedule == NULL)
+		return -1;
+	for (size_t i = 0; i < conf->n_retry_schedule; i++)
+		c->schedule[i] = conf->retry_schedule[i];
+	if (conf->n_retry_schedule == 0)
+		c->schedule[0] = 300;
+	c->pol.schedule = c->schedule;
+	c->pol.n = c->n_schedule;
+	c->pol.lifetime = conf->max_queue_lifetime ? conf->max_queue_lifetime : 5 * 86400;
+	c->pol.delay_warning = conf->delay_warning;
+	c->max_deliveries = conf->max_deliveries ? conf->max_deliveries : 200;
+	c->max_conns = conf->max_connections_per_destination ?
+		       conf->max_connections_per_destination : 20;
+	if (conf->hostname != NULL && conf->hostname[0] != '\0')
+		snprintf(host, sizeof host, "%s", conf->hostname);
+	else if (gethostname(host, sizeof host) < 0)
+		snprintf(host, sizeof host, "localhost");
+	host[sizeof host - 1] = '\0';
+	c->hostname = strdup(host);
+	c->double_bounce_to = strdup(conf->double_bounce_to ? conf->double_bounce_to : "");
+	c->default_domain = strdup(conf->n_local_domains ? conf->local_domains[0] : host);
+	if (c->hostname == NULL || c->double_bounce_to == NULL || c->default_domain == NULL) {
+		dcfg_free(c);
+		return -1;
+	}
+	return 0;
+}
+
+/* ---- the index: a qid set and a min-heap ---------------------------------- */
+
+struct qslot {
+	char qid[SPOOL_QID_LEN];  /* not NUL-terminated; qid[0] == 0: empty */
+};
+
+struct qset {
+	struct qslot *v;
+	size_t cap, n;            /* cap is a power of two */
+};
+
+struct hent {
+	int64_t due;
+	char qid[SPOOL_QID_SIZE];
+};
+
+struct heap {
+	struct hent *v;
+	size_t n, cap;
+};
+
+static uint64_t qhash(const char *qid)
+{
+	uint64_t h = 1469598103934665603ull;
+
+	for (size_t i = 0; i < SPOOL_QID_LEN; i++)
+		h = (h ^ (unsigned char)qid[i]) * 1099511628211ull;
+	return h;
+}
+
+static bool qid_ok(const char *qid)
+{
+	return qid != NULL && strnlen(qid, SPOOL_QID_SIZE) == SPOOL_QID_LEN;
+}
+
+/* Index of qid's slot, or of the empty slot where it would go. */
+static size_t qset_find(const struct qset *s, const char *qid)
+{
+	size_t i = qhash(qid) & (s->cap - 1);
+
+	while (s->v[i].qid[0] != '\0' && memcmp(s->v[i].qid, qid, SPOOL_QID_LEN) != 0)
+		i = (i + 1) & (s->cap - 1);
+	return i;
+}
+
+static int qset_grow(struct qset *s)
+{
+	size_t cap = s->cap ? s->cap * 2 : 1024;
+	struct qslot *old = s->v, *v = calloc(cap, sizeof *v);
+	size_t oldcap = s->cap;
+
+	if (v == NULL)
+		return -1;
+	s->v = v;
+	s->cap = cap;
+	for (size_t i = 0; i < oldcap; i++)
+		if (old[i].qid[0] != '\0')
+			s->v[qset_find(s, old[i].qid)] = old[i];
+	free(old);
+	return 0;
+}
+
+/* Adds qid; returns 1 when added, 0 when already there, -1 out of memory. */
+static int qset_add(struct qset *s, const char *qid)
+{
+	size_t i;
+
+	if ((s->n + 1) * 10 > s->cap * 7 && qset_grow(s) < 0)
+		return -1;
+	i = qset_find(s, qid);
+	if (s->v[i].qid[0] != '\0')
+		return 0;
+	memcpy(s->v[i].qid, qid, SPOOL_QID_LEN);
+	s->n++;
+	return 1;
+}
+
+/* Linear-probing deletion with backward shift (no tombstones). */
+static void qset_del(struct qset *s, const char *qid)
+{
+	size_t mask = s->cap - 1, i, j;
+
+	if (s->cap == 0)
+		return;
+	i = qset_find(s, qid);
+	if (s->v[i].qid[0] == '\0')
+		return;
+	s->v[i].qid[0] = '\0';
+	s->n--;
+	for (j = (i + 1) & mask; s->v[j].qid[0] != '\0'; j = (j + 1) & mask) {
+		size_t home = qhash(s->v[j].qid) & mask;
+
+		/* Move j into the hole i unless its home lies in (i, j]. */
+		if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
+			s->v[i] = s->v[j];
+			s->v[j].qid[0] = '\0';
+			i = j;
+		}
+	}
+}
+
+static void heap_swap(struct heap *h, size_t a, size_t b)
+{
+	struct hent t = h->v[a];
+
+	h->v[a] = h->v[b];
+	h->v[b] = t;
+}
+
+static int heap_push(struct heap *h, const char *qid, int64_t due)
+{
+	size_t i;
+
+	if (h->n == h->cap) {
+		size_t cap = h->cap ? h->cap * 2 : 1024;
+		struct hent *v = realloc(h->v, cap * sizeof *v);
+
+		if (v == NULL)
+			return -1;
+		h->v = v;
+		h->cap = cap;
+	}
+	i = h->n++;
+	h->v[i].due = due;
+	memcpy(h->v[i].qid, qid, SPOOL_QID_SIZE);
+	h->v[i].qid[SPOOL_QID_LEN] = '\0';
+	while (i > 0 && h->v[(i - 1) / 2].due > h->v[i].due) {
+		heap_swap(h, i, (i - 1) / 2);
+		i = (i - 1) / 2;
+	}
+	return 0;
+}
+
+static void heap_pop(struct heap *h, struct hent *top_r)
+{
+	size_t i = 0;
+
+	*top_r = h->v[0];
+	h->v[0] = h->v[--h->n];
+	for (;;) {
+		size_t l = 2 * i + 1, r = l + 1, m = i;
+
+		if (l < h->n && h->v[l].due < h->v[m].due)
+			m = l;
+		if (r < h->n && h->v[r].due < h->v[m].due)
+			m = r;
+		if (m == i)
+			break;
+		heap_swap(h, i, m);
+		i = m;
+	}
+}
+
+/* ---- types of the runner ---------------------------------------------------- */
+
+enum rs_state { RS_SKIP, RS_TRY, RS_OK, RS_TEMP, RS_PERM };
+
+/* One recipient's outcome in this attempt. */
+struct rstate {
+	enum rs_state st;
+	enum rs_state last;       /* class of the latest route tried (TRY) */
+	unsigned code;
+	char enh[12];
+	char text[SMTP_CLIENT_TEXT_MAX];
+	char host[SMTP_CLIENT_HOST_MAX];
+	const char *hop;          /* into the group's decision; NULL = none */
+	/* results */
+	enum spool_rcpt_state fin;
+	int64_t next;
+	bool expired, warn, warned, notified;
+};
+
+struct hop;
+struct dmsg;
+
+struct dgroup {
+	struct dmsg *m;
+	struct dgroup *next;      /* in the message */
+	struct dgroup *wnext;     /* in its hop's wait queue */
+	struct route_decision *dec;
+	struct route_resolution *res;
+	struct route_req *req;
+	size_t *idx, n, cap;      /* recipient indices */
+	size_t ri;                /* route being tried */
+	struct hop *hop;          /* held while a job runs or is about to */
+	size_t *job_idx;          /* recipients of the running job */
+	size_t job_n;
+};
+
+struct dmsg {
+	struct delivery *d;
+	struct dmsg *prev, *next; /* active list */
+	struct spool_envelope *env;
+	int64_t now;
+	struct rstate *rs;
+	struct dgroup *groups;
+	size_t groups_left;
+	size_t notify_left;
+};
+
+struct hop {
+	struct hop *next;         /* bucket chain */
+	char key[ROUTE_KEY_MAX];
+	unsigned active, max, draining;
+	struct dgroup *whead, *wtail;
+	size_t n_wait;
+};
+
+enum wj_type { WJ_SCAN, WJ_LOAD, WJ_MAILDIR, WJ_NOTIFY };
+
+struct scan_ent {
+	char qid[SPOOL_QID_SIZE];
+	int64_t due;
+};
+
+struct wjob {
+	enum wj_type type;
+	struct wjob *next;
+	int rc;
+	char err[512];
+	char qid[SPOOL_QID_SIZE];
+	/* WJ_SCAN: one chunk of the walk; `last` ends it */
+	struct scan_ent *ents;
+	size_t n_ents;
+	bool last;
+	size_t total;
+	int64_t ms;
+	/* WJ_LOAD */
+	struct spool_envelope *env;
+	/* WJ_MAILDIR and WJ_NOTIFY */
+	struct dgroup *g;
+	struct dmsg *m;
+	char *root, *hostname;
+	enum maildir_result *mres;
+	char (*mtext)[SMTP_CLIENT_TEXT_MAX];
+	/* WJ_NOTIFY */
+	enum dsn_kind kind;
+	struct dsn_rcpt *drcpts;
+	size_t *didx;
+	size_t n_d;
+	char *to;
+	bool dbl;
+	char dsn_qid[SPOOL_QID_SIZE];
+};
+
+struct delivery {
+	struct event_base *base;
+	struct evlog *log;
+	struct counters *ctr;
+	struct spool *spool;
+	struct route_table *routes;
+	struct dns *dns;
+	struct smtp_client *client;
+	struct dcfg cfg;
+	uint64_t rnd;
+
+	struct qset known;
+	struct heap heap;
+	struct event *timer;
+	bool index_ready, scanning, scan_again;
+	int64_t last_scan;
+
+	struct dmsg *active;
+	size_t n_active;
+	struct hop *hops[HOP_BUCKETS];
+
+	/* worker */
+	pthread_t thread;
+	bool thread_started;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool stop;
+	struct wjob *jhead, *jtail;       /* to the worker */
+	struct wjob *dhead, *dtail;       /* back to the loop */
+	struct event *done_ev;
+	uint64_t seq;                     /* Maildir file names; worker only */
+
+	struct delivery_stats st;
+};
+
+static void pump(struct delivery *d);
+static void group_route(struct dgroup *g);
+static void group_done(struct dgroup *g);
+static void msg_results(struct dmsg *m);
+
+static void count(struct delivery *d, enum counters_id id)
+{
+	if (d->ctr != NULL)
+		counters_add(counters_block(d->ctr), id, 1);
+}
+
+static int64_t now_s(void)
+{
+	return (int64_t)time(NULL);
+}
+
+/* Indexes qid with `due` unless known already.  Returns 1 when added. */
+static int index_add(struct delivery *d, const char *qid, int64_t due)
+{
+	int rc;
+
+	if (!qid_ok(qid))
+		return 0;
+	rc = qset_add(&d->known, qid);
+	if (rc <= 0)
+		return 0;
+	if (heap_push(&d->heap, qid, due) < 0) {
+		qset_del(&d->known, qid);
+		return 0;
+	}
+	return 1;
+}
+
+/* Puts a known (in flight) message back with its next due time. */
+static void index_requeue(struct delivery *d, const char *qid, int64_t due)
+{
+	if (heap_push(&d->heap, qid, due) < 0)
+		qset_del(&d->known, qid);   /* found again by the next walk */
+}
+
+/* ---- worker ----------------------------------------------------------------- */
+
+static void job_free(struct wjob *j)
+{
+	if (j == NULL)
+		return;
+	free(j->ents);
+	spool_envelope_free(&j->env);
+	free(j->root);
+	free(j->hostname);
+	free(j->mres);
+	free(j->mtext);
+	free(j->drcpts);
+	free(j->didx);
+	free(j->to);
+	free(j);
+}
+
+static void job_post(struct delivery *d, struct wjob *j)
+{
+	pthread_mutex_lock(&d->mu);
+	j->next = NULL;
+	if (d->jtail)
+		d->jtail->next = j;
+	else
+		d->jhead = j;
+	d->jtail = j;
+	pthread_cond_signal(&d->cv);
+	pthread_mutex_unlock(&d->mu);
+}
+
+static void job_done(struct delivery *d, struct wjob *j)
+{
+	pthread_mutex_lock(&d->mu);
+	j->next = NULL;
+	if (d->dtail)
+		d->dtail->next = j;
+	else
+		d->dhead = j;
+	d->dtail = j;
+	pthread_mutex_unlock(&d->mu);
+	event_active(d->done_ev, EV_READ, 0);
+}
+
+static bool worker_stopping(struct delivery *d)
+{
+	bool s;
+
+	pthread_mutex_lock(&d->mu);
+	s = d->stop;
+	pthread_mutex_unlock(&d->mu);
+	return s;
+}
+
+struct scan_ctx {
+	struct delivery *d;
+	struct wjob *chunk;
+	size_t total;
+};
+
+static int64_t env_due(const struct spool_envelope *env)
+{
+	int64_t due = INT64_MAX;
+
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		const struct spool_rcpt *r = &env->rcpts[i];
+
+		if (r->state == SPOOL_RCPT_QUEUED)
+			due = 0;
+		else if (r->state == SPOOL_RCPT_DEFERRED && r->next_attempt < due)
+			due = r->next_attempt;
+	}
+	return due;
+}
+
+static int scan_cb(void *arg, const struct spool_envelope *env)
+{
+	struct scan_ctx *s = arg;
+	struct wjob *c = s->chunk;
+
+	if (c->ents == NULL && (c->ents = calloc(SCAN_CHUNK, sizeof *c->ents)) == NULL)
+		return -2;
+	memcpy(c->ents[c->n_ents].qid, env->qid, SPOOL_QID_SIZE);
+	c->ents[c->n_ents++].due = env_due(env);
+	s->total++;
+	if (c->n_ents == SCAN_CHUNK) {
+		struct wjob *n = calloc(1, sizeof *n);
+
+		if (n == NULL)
+			return -2;
+		n->type = WJ_SCAN;
+		job_done(s->d, c);
+		s->chunk = n;
+		if (worker_stopping(s->d))
+			return 1;
+	}
+	return 0;
+}
+
+static void work_scan(struct delivery *d, struct wjob *j)
+{
+	struct scan_ctx s = { .d = d, .chunk = j };
+	struct timespec a, b;
+	int rc;
+
+	clock_gettime(CLOCK_MONOTONIC, &a);
+	rc = spool_foreach_pending(d->spool, scan_cb, &s, j->err, sizeof j->err);
+	clock_gettime(CLOCK_MONOTONIC, &b);
+	j = s.chunk;
+	j->last = true;
+	j->total = s.total;
+	j->ms = (b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000;
+	j->rc = rc < 0 ? -1 : 0;
+	if (rc == -2)
+		snprintf(j->err, sizeof j->err, "out of memory");
+	job_done(d, j);
+}
+
+static void work_maildir(struct delivery *d, struct wjob *j)
+{
+	struct dgroup *g = j->g;
+	const struct spool_envelope *env = g->m->env;
+	struct spool_body *body = NULL;
+	size_t n = g->job_n;
+	int rc;
+
+	rc = spool_body_open(d->spool, env->qid, &body, j->err, sizeof j->err);
+	for (size_t k = 0; k < n; k++) {
+		const char *addr = env->rcpts[g->job_idx[k]].addr, *at = strrchr(addr, '@');
+		char lp[MAILDIR_LOCALPART_MAX * 4 + 8], path[4096];
+		struct maildir_msg msg = { .fd = -1 };
+		size_t len = 0, lpn = at ? (size_t)(at - addr) : strlen(addr);
+
+		if (rc != 0) {
+			j->mres[k] = MAILDIR_TEMP;
+			snprintf(j->mtext[k], sizeof j->mtext[k], "cannot read the message: %s",
+				 rc == 1 ? "no such message" : j->err);
+			continue;
+		}
+		if (lpn >= sizeof lp)
+			lpn = sizeof lp - 1;
+		memcpy(lp, addr, lpn);
+		lp[lpn] = '\0';
+		msg.localpart = lp;
+		msg.domain = at ? at + 1 : d->cfg.default_domain;
+		msg.sender = env->sender;
+		msg.mem = spool_body_mem(body, &len);
+		msg.fd = spool_body_fd(body);
+		msg.size = msg.mem ? len : spool_body_size(body);
+		msg.seq = d->seq++;
+		msg.hostname = j->hostname;
+		j->mres[k] = maildir_deliver(j->root, &msg, path, sizeof path,
+					     j->mtext[k], sizeof j->mtext[k]);
+		if (j->mres[k] == MAILDIR_OK)
+			snprintf(j->mtext[k], sizeof j->mtext[k], "delivered to %s", path);
+	}
+	spool_body_close(&body);
+	job_done(d, j);
+}
+
+/* Reads up to `max` bytes of the body of qid.  Returns a malloc'd buffer
+ * (length in *len_r), or NULL with err. */
+static char *read_body(struct delivery *d, const char *qid, size_t max, size_t *len_r,
+		       char *err, size_t errlen)
+{
+	struct spool_body *b = NULL;
+	char *buf;
+	size_t len = 0;
+	int rc = spool_body_open(d->spool, qid, &b, err, errlen);
+
+	if (rc != 0) {
+		if (rc == 1)
+			snprintf(err, errlen, "no such message");
+		return NULL;
+	}
+	if (max > spool_body_size(b))
+		max = (size_t)spool_body_size(b);
+	if ((buf = malloc(max + 1)) == NULL) {
+		spool_body_close(&b);
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	while (len < max) {
+		ssize_t r = spool_body_read(b, buf + len, max - len);
+
+		if (r <= 0)
+			break;
+		len += (size_t)r;
+	}
+	spool_body_close(&b);
+	buf[len] = '\0';
+	*len_r = len;
+	return buf;
+}
+
+static void work_notify(struct delivery *d, struct wjob *j)
+{
+	const struct spool_envelope *env = j->m->env;
+	struct dsn_msg dm = { 0 };
+	struct spool_msg *msg = NULL;
+	char *orig = NULL, *text = NULL, mid[SPOOL_QID_SIZE + 300];
+	size_t olen = 0, tlen = 0, want = HDR_READ_MAX;
+	bool full = j->kind == DSN_FAILURE && env->dsn_ret != SPOOL_RET_HDRS &&
+		    env->body_type != SPOOL_BODY_BINARYMIME && env->size <= DSN_FULL_MAX;
+
+	if (full)
+		want = (size_t)env->size;
+	orig = read_body(d, env->qid, want, &olen, j->err, sizeof j->err);
+	/* A report without the original is better than none. */
+	if ((msg = spool_msg_new(d->spool, j->err, sizeof j->err)) == NULL)
+		goto fail;
+	snprintf(mid, sizeof mid, "%s.%s@%s", spool_msg_qid(msg),
+		 j->kind == DSN_FAILURE ? "bounce" : "delay", j->hostname);
+	dm.kind = j->kind;
+	dm.reporting_mta = j->hostname;
+	dm.qid = env->qid;
+	dm.message_id = mid;
+	dm.to = j->to;
+	dm.envid = env->envid;
+	dm.ret = full ? SPOOL_RET_FULL : SPOOL_RET_HDRS;
+	dm.arrival = env->arrival;
+	dm.now = now_s();
+	dm.original = orig;
+	dm.original_len = olen;
+	dm.original_size = env->size;
+	if (dsn_build(&dm, j->drcpts, j->n_d, &text, &tlen, j->err, sizeof j->err) < 0)
+		goto fail;
+	spool_msg_set_arrival(msg, dm.now);
+	if (full && env->body_type == SPOOL_BODY_8BITMIME)
+		spool_msg_set_body_type(msg, SPOOL_BODY_8BITMIME);
+	spool_msg_set_smtputf8(msg, env->smtputf8);
+	if (spool_msg_set_sender(msg, "") < 0 ||
+	    spool_msg_set_client(msg, "", j->hostname) < 0 ||
+	    spool_msg_add_rcpt(msg, j->to, 0, NULL) < 0) {
+		snprintf(j->err, sizeof j->err, "cannot build the envelope (out of memory or bad address)");
+		goto fail;
+	}
+	if (spool_msg_append(msg, text, tlen, j->err, sizeof j->err) < 0)
+		goto fail;
+	if (spool_commit(d->spool, &msg, j->dsn_qid, j->err, sizeof j->err) < 0)
+		goto fail;
+	j->rc = 0;
+	goto out;
+fail:
+	j->rc = -1;
+	spool_msg_abort(&msg);
+out:
+	free(orig);
+	free(text);
+	job_done(d, j);
+}
+
+static void work_load(struct delivery *d, struct wjob *j)
+{
+	j->rc = spool_load(d->spool, j->qid, &j->env, j->err, sizeof j->err);
+	job_done(d, j);
+}
+
+static void *worker(void *arg)
+{
+	struct delivery *d = arg;
+
+	for (;;) {
+		struct wjob *j;
+
+		pthread_mutex_lock(&d->mu);
+		while (!d->stop && d->jhead == NULL)
+			pthread_cond_wait(&d->cv, &d->mu);
+		if (d->stop) {
+			pthread_mutex_unlock(&d->mu);
+			return NULL;
+		}
+		j = d->jhead;
+		d->jhead = j->next;
+		if (d->jhead == NULL)
+			d->jtail = NULL;
+		pthread_mutex_unlock(&d->mu);
+		switch (j->type) {
+		case WJ_SCAN:
+			work_scan(d, j);
+			break;
+		case WJ_LOAD:
+			work_load(d, j);
+			break;
+		case WJ_MAILDIR:
+			work_maildir(d, j);
+			break;
+		case WJ_NOTIFY:
+			work_notify(d, j);
+			break;
+		}
+	}
+}
+
+/* ---- next hops ------------------------------------------------------------- */
+
+static struct hop *hop_get(struct delivery *d, const char *key)
+{
+	size_t b = 0;
+	struct hop *h;
+
+	for (const char *p = key; *p; p++)
+		b = b * 31 + (unsigned char)*p;
+	b %= HOP_BUCKETS;
+	for (h = d->hops[b]; h != NULL; h = h->next)
+		if (strcmp(h->key, key) == 0)
+			return h;
+	if ((h = calloc(1, sizeof *h)) == NULL)
+		return NULL;
+	snprintf(h->key, sizeof h->key, "%s", key);
+	h->next = d->hops[b];
+	d->hops[b] = h;
+	return h;
+}
+
+static void hop_drop_if_idle(struct delivery *d, struct hop *h)
+{
+	size_t b = 0;
+	struct hop **pp;
+
+	if (h->active > 0 || h->n_wait > 0 || h->draining > 0)
+		return;
+	for (const char *p = h->key; *p; p++)
+		b = b * 31 + (unsigned char)*p;
+	b %= HOP_BUCKETS;
+	for (pp = &d->hops[b]; *pp != NULL; pp = &(*pp)->next)
+		if (*pp == h) {
+			*pp = h->next;
+			free(h);
+			return;
+		}
+}
+
+/* Starts waiting groups while the hop's limit for its backlog allows;
+ * returns true when `self` was among them (its caller goes on with it). */
+static bool hop_drain(struct delivery *d, struct hop *h, struct dgroup *self)
+{
+	bool got = false;
+
+	h->draining++;
+	while (h->whead != NULL && h->active < schedule_hop_limit(h->active + h->n_wait, h->max)) {
+		struct dgroup *w = h->whead;
+
+		h->whead = w->wnext;
+		if (h->whead == NULL)
+			h->wtail = NULL;
+		h->n_wait--;
+		h->active++;
+		w->hop = h;
+		if (w == self)
+			got = true;
+		else
+			group_route(w);
+	}
+	h->draining--;
+	hop_drop_if_idle(d, h);
+	return got;
+}
+
+/*
+ * Takes a slot of the route's next hop for g (in arrival order).  Returns
+ * true when g holds one now; false when g waits in the hop's queue
+ * (group_route runs again for it when a slot frees).  Out of memory for
+ * the hop table: true, without a limit.
+ */
+static bool hop_acquire(struct dgroup *g, const struct route *r)
+{
+	struct delivery *d = g->m->d;
+	struct hop *h = hop_get(d, r->key);
+
+	if (h == NULL)
+		return true;
+	h->max = r->max_connections ? r->max_connections : d->cfg.max_conns;
+	g->wnext = NULL;
+	if (h->wtail)
+		h->wtail->wnext = g;
+	else
+		h->whead = g;
+	h->wtail = g;
+	h->n_wait++;
+	return hop_drain(d, h, g);
+}
+
+static void hop_release(struct dgroup *g)
+{
+	struct hop *h = g->hop;
+
+	if (h == NULL)
+		return;
+	g->hop = NULL;
+	h->active--;
+	hop_drain(g->m->d, h, NULL);
+}
+
+/* ---- one group: routes in cost order -------------------------------------- */
+
+static void rs_set(struct rstate *r, enum rs_state cls, unsigned code, const char *enh,
+		   const char *text, const char *host, const char *hop)
+{
+	r->last = cls;
+	r->code = code;
+	snprintf(r->enh, sizeof r->enh, "%s", enh ? enh : "");
+	snprintf(r->text, sizeof r->text, "%s", text ? text : "");
+	snprintf(r->host, sizeof r->host, "%s", host ? host : "");
+	r->hop = hop;
+	/* OK and PERM are final for this attempt; TEMP is final only when
+	 * the caller says so (rs_final). */
+	if (cls == RS_OK || cls == RS_PERM)
+		r->st = cls;
+}
+
+/* Sets every recipient still being tried in g. */
+static void group_set_all(struct dgroup *g, enum rs_state cls, unsigned code,
+			  const char *enh, const char *text, const char *hop)
+{
+	for (size_t k = 0; k < g->n; k++) {
+		struct rstate *r = &g->m->rs[g->idx[k]];
+
+		if (r->st == RS_TRY)
+			rs_set(r, cls, code, enh, text, "", hop);
+	}
+}
+
+static bool group_trying(const struct dgroup *g)
+{
+	for (size_t k = 0; k < g->n; k++)
+		if (g->m->rs[g->idx[k]].st == RS_TRY)
+			return true;
+	return false;
+}
+
+/* The recipients of g still being tried, for a job. */
+static int group_job_rcpts(struct dgroup *g)
+{
+	free(g->job_idx);
+	g->job_n = 0;
+	if ((g->job_idx = calloc(g->n ? g->n : 1, sizeof *g->job_idx)) == NULL)
+		return -1;
+	for (size_t k = 0; k < g->n; k++)
+		if (g->m->rs[g->idx[k]].st == RS_TRY)
+			g->job_idx[g->job_n++] = g->idx[k];
+	return 0;
+}
+
+static void start_maildir(struct dgroup *g, const struct route *r)
+{
+	struct delivery *d = g->m->d;
+	struct wjob *j = calloc(1, sizeof *j);
+
+	if (j == NULL || group_job_rcpts(g) < 0 ||
+	    (j->mres = calloc(g->job_n, sizeof *j->mres)) == NULL ||
+	    (j->mtext = calloc(g->job_n, sizeof *j->mtext)) == NULL ||
+	    (j->root = strdup(r->target)) == NULL ||
+	    (j->hostname = strdup(d->cfg.hostname)) == NULL) {
+		job_free(j);
+		hop_release(g);
+		group_set_all(g, RS_TEMP, 0, "4.3.0", "out of memory", r->key);
+		g->ri++;
+		group_route(g);
+		return;
+	}
+	j->type = WJ_MAILDIR;
+	j->g = g;
+	job_post(d, j);
+}
+
+static void maildir_done(struct delivery *d, struct wjob *j)
+{
+	struct dgroup *g = j->g;
+	const struct route *r = &g->dec->routes[g->ri];
+	static const char *const enh[] = { "2.0.0", "4.2.0", "5.2.0" };
+	bool all_temp = true;
+
+	hop_release(g);
+	for (size_t k = 0; k < g->job_n; k++) {
+		struct rstate *rs = &g->m->rs[g->job_idx[k]];
+		enum maildir_result mr = j->mres[k];
+
+		rs_set(rs, mr == MAILDIR_OK ? RS_OK : mr == MAILDIR_PERM ? RS_PERM : RS_TEMP,
+		       0, enh[mr], j->mtext[k], r->key, r->key);
+		if (mr != MAILDIR_TEMP)
+			all_temp = false;
+	}
+	/* The whole route failed for now: the next one may do. */
+	if (!all_temp)
+		for (size_t k = 0; k < g->job_n; k++)
+			if (g->m->rs[g->job_idx[k]].st == RS_TRY)
+				g->m->rs[g->job_idx[k]].st = RS_TEMP;
+	g->ri++;
+	group_route(g);
+}
+
+static void smtp_done(void *arg, const struct smtp_client_result *res)
+{
+	struct dgroup *g = arg;
+	const struct route *r = &g->dec->routes[g->ri];
+	char reason[SMTP_CLIENT_TEXT_MAX + SMTP_CLIENT_HOST_MAX + 8];
+
+	hop_release(g);
+	for (size_t k = 0; k < g->job_n && k < res->n_rcpts; k++) {
+		struct rstate *rs = &g->m->rs[g->job_idx[k]];
+		const struct smtp_client_rcpt_result *rr = &res->rcpts[k];
+		enum rs_state cls = rr->cls == SMTP_CLIENT_OK ? RS_OK :
+				    rr->cls == SMTP_CLIENT_PERM ? RS_PERM : RS_TEMP;
+		const char *text = rr->text;
+
+		if (!res->connected && cls == RS_TEMP && res->n_attempts > 0) {
+			const struct smtp_client_attempt *a = &res->attempts[res->n_attempts - 1];
+
+			snprintf(reason, sizeof reason, "%s (%s): %s", a->host[0] ? a->host : a->addr,
+				 a->addr, a->reason);
+			text = reason;
+		}
+		rs_set(rs, cls, rr->code, rr->enhanced, text, rr->host[0] ? rr->host : rr->addr,
+		       r->key);
+		/* A session reached MAIL: its temporary answers are final for
+		 * this attempt (no failover after MAIL). */
+		if (res->connected && cls == RS_TEMP)
+			rs->st = RS_TEMP;
+	}
+	g->ri++;
+	group_route(g);
+}
+
+static void start_smtp(struct dgroup *g, const struct route *r, const struct route_target *t)
+{
+	struct delivery *d = g->m->d;
+	const struct spool_envelope *env = g->m->env;
+	struct smtp_client_rcpt *cr = NULL;
+	struct smtp_client_dest *dests = NULL;
+	struct smtp_client_job job = { 0 };
+	size_t nd = 0, na = t ? t->n_addrs : 0;
+	char err[512] = "out of memory";
+
+	if (group_job_rcpts(g) < 0 ||
+	    (cr = calloc(g->job_n ? g->job_n : 1, sizeof *cr)) == NULL ||
+	    (dests = calloc(1 + (na < 32 ? na : 32), sizeof *dests)) == NULL)
+		goto fail;
+	for (size_t k = 0; k < g->job_n; k++) {
+		const struct spool_rcpt *sr = &env->rcpts[g->job_idx[k]];
+
+		cr[k].addr = sr->addr;
+		cr[k].notify = sr->notify;
+		cr[k].orcpt = sr->orcpt;
+	}
+	if (r->kind == ROUTE_LMTP_UNIX) {
+		snprintf(dests[0].unix_path, sizeof dests[0].unix_path, "%s", r->target);
+		snprintf(dests[0].host, sizeof dests[0].host, "%s", r->target);
+		nd = 1;
+	}
+	for (size_t a = 0; a < na && nd < 32; a++, nd++) {
+		memcpy(&dests[nd].addr, &t->addrs[a].ss, sizeof dests[nd].addr);
+		dests[nd].addr_len = t->addrs[a].len;
+		snprintf(dests[nd].host, sizeof dests[nd].host, "%s",
+			 t->addrs[a].host ? t->addrs[a].host : r->target);
+	}
+	job.mode = (r->kind == ROUTE_LMTP_UNIX || r->kind == ROUTE_LMTP_INET) ?
+		   SMTP_CLIENT_LMTP : SMTP_CLIENT_SMTP;
+	job.nexthop = r->key;
+	job.qid = env->qid;
+	job.sender = env->sender;
+	job.body_type = env->body_type;
+	job.smtputf8 = env->smtputf8;
+	job.dsn_ret = env->dsn_ret;
+	job.envid = env->envid;
+	job.size = env->size;
+	job.rcpts = cr;
+	job.n_rcpts = g->job_n;
+	job.dests = dests;
+	job.n_dests = nd;
+	job.spool = d->spool;
+	if (nd == 0) {
+		snprintf(err, sizeof err, "%s: no address to connect to", r->key);
+		goto fail;
+	}
+	if (smtp_client_submit(d->client, &job, smtp_done, g, err, sizeof err) < 0)
+		goto fail;
+	free(cr);
+	free(dests);
+	return;
+fail:
+	free(cr);
+	free(dests);
+	hop_release(g);
+	evlog_emit(d->log, EV_DELIVERY_START_FAILED, EVF_S("qid", env->qid),
+		   EVF_S("hop", r->key), EVF_S("reason", err));
+	group_set_all(g, RS_TEMP, 0, "4.3.0", err, r->key);
+	g->ri++;
+	group_route(g);
+}
+
+static bool needs_dns(enum route_kind k)
+{
+	return k == ROUTE_SMTP || k == ROUTE_MX || k == ROUTE_LMTP_INET;
+}
+
+/* Tries g's routes from g->ri on until one is started or all are done. */
+static void group_route(struct dgroup *g)
+{
+	char text[SMTP_CLIENT_TEXT_MAX];
+
+	while (g->ri < g->dec->n && group_trying(g)) {
+		const struct route *r = &g->dec->routes[g->ri];
+		const struct route_target *t = NULL;
+
+		if (g->res != NULL && g->ri < g->res->n)
+			t = &g->res->targets[g->ri];
+		switch (r->kind) {
+		case ROUTE_DISCARD:
+			snprintf(text, sizeof text, "discarded by route %s", g->dec->space);
+			group_set_all(g, RS_OK, 0, "2.0.0", text, r->key);
+			continue;
+		case ROUTE_REJECT:
+			snprintf(text, sizeof text, "refused by the routing table (route %s)",
+				 g->dec->space);
+			group_set_all(g, RS_PERM, 550, "5.7.1", text, r->key);
+			continue;
+		case ROUTE_MAILDIR:
+			if (g->hop == NULL && !hop_acquire(g, r))
+				return;
+			start_maildir(g, r);
+			return;
+		case ROUTE_LMTP_UNIX:
+			if (g->hop == NULL && !hop_acquire(g, r))
+				return;
+			start_smtp(g, r, t);
+			return;
+		case ROUTE_SMTP:
+		case ROUTE_MX:
+		case ROUTE_LMTP_INET:
+			break;
+		}
+		if (t == NULL) {
+			group_set_all(g, RS_TEMP, 0, "4.4.3", "no DNS resolver", r->key);
+			g->ri++;
+			continue;
+		}
+		if (t->status != DNS_OK || t->n_addrs == 0) {
+			bool perm = dns_status_permanent(t->status);
+
+			snprintf(text, sizeof text, "%s: %s", r->key,
+				 t->reason[0] ? t->reason : dns_status_name(t->status));
+			if (t->null_mx) {
+				group_set_all(g, RS_PERM, 556, "5.1.10",
+					      "domain does not accept mail (null MX)", r->key);
+				return group_done(g);
+			}
+			group_set_all(g, RS_TEMP, 0, perm ? "5.1.2" : "4.4.3", text, r->key);
+			/* A permanent DNS answer fails the recipient unless a
+			 * dearer route can still take it. */
+			if (perm && g->ri + 1 == g->dec->n)
+				group_set_all(g, RS_PERM, 0, "5.1.2", text, r->key);
+			g->ri++;
+			continue;
+		}
+		if (g->hop == NULL && !hop_acquire(g, r))
+			return;
+		start_smtp(g, r, t);
+		return;
+	}
+	group_done(g);
+}
+
+static void resolved_cb(struct route_resolution *res, void *arg)
+{
+	struct dgroup *g = arg;
+
+	g->req = NULL;
+	g->res = res;
+	group_route(g);
+}
+
+static void group_start(struct dgroup *g)
+{
+	struct delivery *d = g->m->d;
+	bool dns = false;
+	char err[256];
+
+	for (size_t i = 0; i < g->dec->n; i++)
+		dns |= needs_dns(g->dec->routes[i].kind);
+	if (dns && d->dns != NULL) {
+		g->req = route_resolve_async(d->routes, d->dns, g->dec, resolved_cb, g,
+					     err, sizeof err);
+		if (g->req != NULL)
+			return;
+		group_set_all(g, RS_TEMP, 0, "4.3.0", err, g->dec->routes[0].key);
+		return group_done(g);
+	}
+	group_route(g);
+}
+
+static void group_free(struct dgroup *g)
+{
+	route_resolve_cancel(&g->req);
+	route_resolution_free(&g->res);
+	route_decision_free(&g->dec);
+	free(g->idx);
+	free(g->job_idx);
+	free(g);
+}
+
+static void group_done(struct dgroup *g)
+{
+	struct dmsg *m = g->m;
+
+	for (size_t k = 0; k < g->n; k++) {
+		struct rstate *r = &m->rs[g->idx[k]];
+
+		if (r->st != RS_TRY)
+			continue;
+		r->st = r->last == RS_PERM ? RS_PERM : RS_TEMP;
+		if (r->text[0] == '\0')
+			snprintf(r->text, sizeof r->text, "no route could be tried");
+	}
+	if (--m->groups_left == 0)
+		msg_results(m);
+}
+
+/* ---- one message ------------------------------------------------------------ */
+
+static const char *domain_of(const struct delivery *d, const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+
+	return at ? at + 1 : d->cfg.default_domain;
+}
+
+static bool same_routes(const struct route_decision *a, const struct route_decision *b)
+{
+	if (a->n != b->n)
+		return false;
+	for (size_t i = 0; i < a->n; i++)
+		if (strcmp(a->routes[i].key, b->routes[i].key) != 0 ||
+		    a->routes[i].cost != b->routes[i].cost)
+			return false;
+	return true;
+}
+
+static int group_add(struct dgroup *g, size_t i)
+{
+	if (g->n == g->cap) {
+		size_t cap = g->cap ? g->cap * 2 : 8;
+		size_t *v = realloc(g->idx, cap * sizeof *v);
+
+		if (v == NULL)
+			return -1;
+		g->idx = v;
+		g->cap = cap;
+	}
+	g->idx[g->n++] = i;
+	return 0;
+}
+
+/* Finds or makes the group for recipient i; NULL when its domain cannot
+ * be routed (the recipient is then failed) or out of memory (deferred). */
+static struct dgroup *group_for(struct dmsg *m, size_t i, struct dgroup **of)
+{
+	struct delivery *d = m->d;
+	const char *dom = domain_of(d, m->env->rcpts[i].addr);
+	struct route_decision *dec;
+	struct dgroup *g;
+
+	for (size_t j = 0; j < i; j++)
+		if (of[j] != NULL && strcasecmp(domain_of(d, m->env->rcpts[j].addr), dom) == 0)
+			return of[j];
+	if ((dec = route_lookup(d->routes, dom)) == NULL) {
+		rs_set(&m->rs[i], RS_PERM, 0, "5.1.2", "invalid or unroutable domain", "", NULL);
+		return NULL;
+	}
+	for (g = m->groups; g != NULL; g = g->next)
+		if (same_routes(g->dec, dec)) {
+			route_decision_free(&dec);
+			return g;
+		}
+	if ((g = calloc(1, sizeof *g)) == NULL) {
+		route_decision_free(&dec);
+		rs_set(&m->rs[i], RS_TEMP, 0, "4.3.0", "out of memory", "", NULL);
+		m->rs[i].st = RS_TEMP;
+		return NULL;
+	}
+	g->m = m;
+	g->dec = dec;
+	g->next = m->groups;
+	m->groups = g;
+	m->groups_left++;
+	return g;
+}
+
+static void msg_free(struct dmsg *m)
+{
+	struct delivery *d = m->d;
+
+	while (m->groups != NULL) {
+		struct dgroup *g = m->groups;
+
+		m->groups = g->next;
+		group_free(g);
+	}
+	if (m->prev)
+		m->prev->next = m->next;
+	else if (d->active == m)
+		d->active = m->next;
+	if (m->next)
+		m->next->prev = m->prev;
+	spool_envelope_free(&m->env);
+	free(m->rs);
+	free(m);
+	d->n_active--;
+}
+
+static void msg_start(struct dmsg *m)
+{
+	const struct spool_envelope *env = m->env;
+	struct dgroup **of = calloc(env->n_rcpts ? env->n_rcpts : 1, sizeof *of);
+	bool any = false;
+
+	m->now = now_s();
+	if (of == NULL) {
+		msg_results(m);   /* nothing tried: back in the index */
+		return;
+	}
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		const struct spool_rcpt *r = &env->rcpts[i];
+		bool dup = false;
+
+		if (r->state != SPOOL_RCPT_QUEUED &&
+		    (r->state != SPOOL_RCPT_DEFERRED || r->next_attempt > m->now))
+			continue;
+		for (size_t j = 0; j < i && !dup; j++)
+			dup = m->rs[j].st != RS_SKIP && strcasecmp(env->rcpts[j].addr, r->addr) == 0;
+		if (dup) {
+			rs_set(&m->rs[i], RS_OK, 0, "2.0.0", "duplicate recipient, delivered once",
+			       "", NULL);
+			continue;
+		}
+		m->rs[i].st = RS_TRY;
+		if ((of[i] = group_for(m, i, of)) != NULL && group_add(of[i], i) < 0) {
+			rs_set(&m->rs[i], RS_TEMP, 0, "4.3.0", "out of memory", "", NULL);
+			m->rs[i].st = RS_TEMP;
+			of[i] = NULL;
+		}
+		any = true;
+	}
+	free(of);
+	if (!any || m->groups == NULL) {
+		msg_results(m);
+		return;
+	}
+	/* Hold one reference so a group that finishes at once does not
+	 * end the message before the others started. */
+	m->groups_left++;
+	for (struct dgroup *g = m->groups; g != NULL; g = g->next)
+		group_start(g);
+	if (--m->groups_left == 0)
+		msg_results(m);
+}
+
+/* ---- results, notifications, records ---------------------------------------- */
+
+struct rec {
+	struct evlog *log;
+	char qid[SPOOL_QID_SIZE];
+	char rcpt[256];
+	const char *result;
+	bool remove;
+};
+
+static void rec_done(void *arg, int rc, const char *qid, const char *err)
+{
+	struct rec *r = arg;
+
+	if (r->remove && rc == 0)
+		evlog_emit(r->log, EV_DELIVERY_REMOVED, EVF_S("qid", r->qid));
+	else if (r->remove && rc < 0)
+		evlog_emit(r->log, EV_DELIVERY_SPOOL_FAILED, EVF_S("reason", err ? err : "?"));
+	else if (rc < 0)
+		evlog_emit(r->log, EV_DELIVERY_RECORD_FAILED, EVF_S("qid", r->qid),
+			   EVF_S("rcpt", r->rcpt), EVF_S("result", r->result),
+			   EVF_S("reason", err ? err : "?"));
+	free(r);
+}
+
+static struct rec *rec_new(struct delivery *d, const char *qid, const char *rcpt,
+			   const char *result, bool remove)
+{
+	struct rec *r = calloc(1, sizeof *r);
+
+	if (r == NULL)
+		return NULL;
+	r->log = d->log;
+	snprintf(r->qid, sizeof r->qid, "%s", qid);
+	snprintf(r->rcpt, sizeof r->rcpt, "%s", rcpt ? rcpt : "");
+	r->result = result;
+	r->remove = remove;
+	return r;
+}
+
+static void reply_of(const struct rstate *r, char *out, size_t len)
+{
+	char code[16] = "";
+
+	if (r->code)
+		snprintf(code, sizeof code, "%u ", r->code);
+	snprintf(out, len, "%s%s%s%s%s%s%s", code, r->enh, r->enh[0] ? " " : "", r->text,
+		 r->host[0] && r->hop && strcmp(r->host, r->hop) ? " (" : "",
+		 r->host[0] && r->hop && strcmp(r->host, r->hop) ? r->host : "",
+		 r->host[0] && r->hop && strcmp(r->host, r->hop) ? ")" : "");
+}
+
+static void emit_result(struct delivery *d, struct dmsg *m, size_t i, const char *reply)
+{
+	const struct spool_envelope *env = m->env;
+	const struct rstate *r = &m->rs[i];
+	const char *hop = r->hop ? r->hop : "none";
+
+	switch (r->fin) {
+	case SPOOL_RCPT_DELIVERED:
+		evlog_emit(d->log, EV_DELIVERY_DELIVERED, EVF_S("qid", env->qid),
+			   EVF_S("rcpt", env->rcpts[i].addr), EVF_S("hop", hop),
+			   EVF_S("relay", r->host[0] ? r->host : hop), EVF_S("reply", reply));
+		count(d, COUNTER_MSG_DELIVERED);
+		d->st.delivered++;
+		break;
+	case SPOOL_RCPT_DEFERRED:
+		evlog_emit(d->log, EV_DELIVERY_DEFERRED, EVF_S("qid", env->qid),
+			   EVF_S("rcpt", env->rcpts[i].addr), EVF_S("hop", hop),
+			   EVF_I("attempt", env->rcpts[i].attempts + 1),
+			   EVF_I("delay", r->next - m->now), EVF_S("reply", reply));
+		count(d, COUNTER_MSG_DEFERRED);
+		d->st.deferred++;
+		break;
+	case SPOOL_RCPT_FAILED:
+		if (r->expired)
+			evlog_emit(d->log, EV_DELIVERY_EXPIRED, EVF_S("qid", env->qid),
+				   EVF_S("rcpt", env->rcpts[i].addr),
+				   EVF_I("age", m->now - env->arrival),
+				   EVF_I("lifetime", d->cfg.pol.lifetime), EVF_S("reply", reply));
+		else
+			evlog_emit(d->log, EV_DELIVERY_BOUNCED, EVF_S("qid", env->qid),
+				   EVF_S("rcpt", env->rcpts[i].addr), EVF_S("hop", hop),
+				   EVF_S("reply", reply));
+		count(d, COUNTER_MSG_BOUNCED);
+		d->st.failed++;
+		break;
+	case SPOOL_RCPT_QUEUED:
+		break;
+	}
+}
+
+static const char *state_name(enum spool_rcpt_state s)
+{
+	return s == SPOOL_RCPT_DELIVERED ? "delivered" : s == SPOOL_RCPT_FAILED ? "failed" :
+	       s == SPOOL_RCPT_DEFERRED ? "deferred" : "queued";
+}
+
+/* Queues every result of m, then the removal when all are final, and puts
+ * m back in the index otherwise.  Frees m. */
+static void msg_record(struct dmsg *m)
+{
+	struct delivery *d = m->d;
+	const struct spool_envelope *env = m->env;
+	int64_t due = INT64_MAX;
+	bool all_final = true, failed = false;
+	char reply[REPLY_MAX + sizeof DELIVERY_WARNED_MARK], err[512];
+
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		struct rstate *r = &m->rs[i];
+		const struct spool_rcpt *sr = &env->rcpts[i];
+		struct rec *rc;
+
+		if (r->st == RS_SKIP) {
+			if (sr->state == SPOOL_RCPT_QUEUED || sr->state == SPOOL_RCPT_DEFERRED) {
+				all_final = false;
+				if (sr->next_attempt < due)
+					due = sr->next_attempt;
+			}
+			continue;
+		}
+		reply_of(r, reply, REPLY_MAX);
+		if (r->fin == SPOOL_RCPT_DEFERRED && r->warned)
+			strcat(reply, DELIVERY_WARNED_MARK);
+		emit_result(d, m, i, reply);
+		if (r->fin == SPOOL_RCPT_DEFERRED) {
+			all_final = false;
+			if (r->next < due)
+				due = r->next;
+		}
+		rc = rec_new(d, env->qid, sr->addr, state_name(r->fin), false);
+		snprintf(err, sizeof err, "out of memory");
+		if (rc == NULL ||
+		    spool_rcpt_update_async(d->spool, env->qid, i, r->fin, reply,
+					    r->fin == SPOOL_RCPT_DEFERRED ? r->next : 0,
+					    d->base, rec_done, rc, err, sizeof err) < 0) {
+			free(rc);
+			evlog_emit(d->log, EV_DELIVERY_RECORD_FAILED, EVF_S("qid", env->qid),
+				   EVF_S("rcpt", sr->addr), EVF_S("result", state_name(r->fin)),
+				   EVF_S("reason", err));
+			failed = true;
+		}
+	}
+	if (failed) {
+		/* Attempted again later; a delivered recipient may be
+		 * delivered twice (logged above). */
+		index_requeue(d, env->qid, m->now + ERROR_RETRY);
+	} else if (all_final) {
+		struct rec *rc = rec_new(d, env->qid, NULL, "removed", true);
+
+		snprintf(err, sizeof err, "out of memory");
+		if (rc == NULL || spool_remove_async(d->spool, env->qid, d->base, rec_done, rc,
+						     err, sizeof err) < 0) {
+			free(rc);
+			evlog_emit(d->log, EV_DELIVERY_SPOOL_FAILED, EVF_S("reason", err));
+		}
+		qset_del(&d->known, env->qid);
+		d->st.removed++;
+	} else {
+		/* Results reach the spool within one group commit; never
+		 * load the message again before that. */
+		index_requeue(d, env->qid, due < m->now + 1 ? m->now + 1 : due);
+	}
+	msg_free(m);
+}
+
+static void notify_done(struct delivery *d, struct wjob *j)
+{
+	struct dmsg *m = j->m;
+	const char *kind = j->kind == DSN_FAILURE ? "failure" : "delay";
+
+	if (j->rc < 0) {
+		evlog_emit(d->log, EV_DELIVERY_BOUNCE_FAILED, EVF_S("qid", m->env->qid),
+			   EVF_S("kind", kind), EVF_S("reason", j->err));
+		for (size_t k = 0; k < j->n_d; k++) {
+			struct rstate *r = &m->rs[j->didx[k]];
+
+			if (j->kind == DSN_DELAY) {
+				r->warned = r->warn = false;
+				continue;
+			}
+			/* Keep it queued: failed again later, reported then. */
+			r->fin = SPOOL_RCPT_DEFERRED;
+			r->next = m->now + schedule_delay(&d->cfg.pol, m->env->rcpts[j->didx[k]].attempts,
+						       &d->rnd);
+		}
+	} else {
+		index_add(d, j->dsn_qid, 0);
+		if (j->dbl)
+			evlog_emit(d->log, EV_DELIVERY_DOUBLE_BOUNCE_SENT, EVF_S("qid", m->env->qid),
+				   EVF_I("rcpts", j->n_d), EVF_S("dsn_qid", j->dsn_qid),
+				   EVF_S("to", j->to));
+		else
+			evlog_emit(d->log, EV_DELIVERY_NOTIFY_QUEUED, EVF_S("qid", m->env->qid),
+				   EVF_S("kind", kind), EVF_S("dsn_qid", j->dsn_qid),
+				   EVF_S("to", j->to), EVF_I("rcpts", j->n_d));
+		if (j->kind == DSN_FAILURE)
+			d->st.bounces++;
+		else
+			d->st.delays++;
+	}
+	if (--m->notify_left == 0)
+		msg_record(m);
+	pump(d);
+}
+
+/* Posts one notification job for the recipients of m marked by `pick`. */
+static void notify_post(struct dmsg *m, enum dsn_kind kind, const char *to, bool dbl)
+{
+	struct delivery *d = m->d;
+	const struct spool_envelope *env = m->env;
+	struct wjob *j = calloc(1, sizeof *j);
+	size_t n = 0;
+
+	if (j == NULL || (j->drcpts = calloc(env->n_rcpts, sizeof *j->drcpts)) == NULL ||
+	    (j->didx = calloc(env->n_rcpts, sizeof *j->didx)) == NULL ||
+	    (j->mtext = calloc(env->n_rcpts, sizeof *j->mtext)) == NULL ||
+	    (j->to = strdup(to)) == NULL || (j->hostname = strdup(d->cfg.hostname)) == NULL)
+		goto oom;
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		struct rstate *r = &m->rs[i];
+		struct dsn_rcpt *dr = &j->drcpts[n];
+
+		if (kind == DSN_FAILURE ? !r->notified : !r->warn)
+			continue;
+		dr->addr = env->rcpts[i].addr;
+		dr->orcpt = env->rcpts[i].orcpt;
+		dr->status = r->enh;
+		dr->code = r->code;
+		dr->remote_mta = r->code ? r->host : NULL;
+		reply_of(r, j->mtext[n], sizeof j->mtext[n]);
+		dr->diagnostic = j->mtext[n];
+		dr->expired = r->expired;
+		dr->last_attempt = m->now;
+		dr->retry_until = schedule_expiry(&d->cfg.pol, env->arrival);
+		j->didx[n++] = i;
+	}
+	j->type = WJ_NOTIFY;
+	j->m = m;
+	j->kind = kind;
+	j->n_d = n;
+	j->dbl = dbl;
+	m->notify_left++;
+	job_post(d, j);
+	return;
+oom:
+	job_free(j);
+	evlog_emit(d->log, EV_DELIVERY_BOUNCE_FAILED, EVF_S("qid", env->qid),
+		   EVF_S("kind", kind == DSN_FAILURE ? "failure" : "delay"),
+		   EVF_S("reason", "out of memory"));
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		struct rstate *r = &m->rs[i];
+
+		if (kind == DSN_DELAY && r->warn)
+			r->warn = r->warned = false;
+		if (kind == DSN_FAILURE && r->notified) {
+			r->fin = SPOOL_RCPT_DEFERRED;
+			r->next = m->now + ERROR_RETRY;
+		}
+	}
+}
+
+/* Decides each tried recipient's new state, then sends notifications
+ * (committed before the results are recorded), then records. */
+static void msg_results(struct dmsg *m)
+{
+	struct delivery *d = m->d;
+	const struct spool_envelope *env = m->env;
+	size_t n_fail = 0, n_warn = 0, n_dropped = 0;
+	bool dbl;
+	const char *to = dsn_recipient(env->sender, d->cfg.double_bounce_to, &dbl);
+
+	m->now = now_s();
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		struct rstate *r = &m->rs[i];
+		const struct spool_rcpt *sr = &env->rcpts[i];
+
+		if (r->st == RS_SKIP)
+			continue;
+		r->warned = sr->last_reply != NULL && strstr(sr->last_reply, DELIVERY_WARNED_MARK);
+		if (r->st == RS_OK) {
+			r->fin = SPOOL_RCPT_DELIVERED;
+			continue;
+		}
+		if (r->st == RS_TEMP || r->st == RS_TRY) {
+			if (schedule_temp_failure(&d->cfg.pol, env->arrival, sr->attempts, m->now,
+					       &d->rnd, &r->next) == SCHEDULE_RETRY) {
+				r->fin = SPOOL_RCPT_DEFERRED;
+				if (schedule_delay_warning_due(&d->cfg.pol, env->arrival, m->now,
+							    sr->notify, r->warned, dbl)) {
+					r->warn = r->warned = true;
+					n_warn++;
+				}
+				continue;
+			}
+			r->expired = true;
+		}
+		r->fin = SPOOL_RCPT_FAILED;
+		if (!dsn_wanted(DSN_FAILURE, sr->notify))
+			continue;
+		/* A report to double_bounce_to that fails is not reported
+		 * again (it would loop). */
+		if (to == NULL || (dbl && strcasecmp(sr->addr, to) == 0)) {
+			n_dropped++;
+			continue;
+		}
+		r->notified = true;
+		n_fail++;
+	}
+	if (n_dropped > 0)
+		evlog_emit(d->log, EV_DELIVERY_DOUBLE_BOUNCE_DROPPED, EVF_S("qid", env->qid),
+			   EVF_I("rcpts", n_dropped));
+	m->notify_left = 1;
+	if (n_fail > 0)
+		notify_post(m, DSN_FAILURE, to, dbl);
+	if (n_warn > 0 && !dbl)
+		notify_post(m, DSN_DELAY, env->sender, false);
+	if (--m->notify_left == 0)
+		msg_record(m);
+}
+
+/* ---- the loop side ------------------------------------------------------------ */
+
+static void post_scan(struct delivery *d)
+{
+	struct wjob *j;
+
+	if (d->scanning) {
+		d->scan_again = true;
+		return;
+	}
+	if ((j = calloc(1, sizeof *j)) == NULL)
+		return;
+	j->type = WJ_SCAN;
+	d->scanning = true;
+	d->scan_again = false;
+	d->last_scan = now_s();
+	job_post(d, j);
+}
+
+static void scan_done(struct delivery *d, struct wjob *j)
+{
+	for (size_t i = 0; i < j->n_ents; i++)
+		index_add(d, j->ents[i].qid, j->ents[i].due);
+	if (!j->last)
+		return;
+	d->scanning = false;
+	if (j->rc < 0)
+		evlog_emit(d->log, EV_DELIVERY_SPOOL_FAILED, EVF_S("reason", j->err));
+	if (!d->index_ready) {
+		d->index_ready = true;
+		evlog_emit(d->log, EV_DELIVERY_INDEX_READY, EVF_I("messages", j->total),
+			   EVF_I("ms", j->ms));
+	}
+	if (d->scan_again)
+		post_scan(d);
+}
+
+static void load_done(struct delivery *d, struct wjob *j)
+{
+	struct dmsg *m;
+
+	if (j->rc == 1) {
+		qset_del(&d->known, j->qid);
+		d->n_active--;
+		return;
+	}
+	if (j->rc < 0) {
+		char why[600];
+
+		snprintf(why, sizeof why, "%s: %s", j->qid, j->err);
+		evlog_emit(d->log, EV_DELIVERY_SPOOL_FAILED, EVF_S("reason", why));
+		index_requeue(d, j->qid, now_s() + ERROR_RETRY);
+		d->n_active--;
+		return;
+	}
+	m = calloc(1, sizeof *m);
+	if (m == NULL || (m->rs = calloc(j->env->n_rcpts ? j->env->n_rcpts : 1,
+					 sizeof *m->rs)) == NULL) {
+		free(m);
+		index_requeue(d, j->qid, now_s() + ERROR_RETRY);
+		d->n_active--;
+		return;
+	}
+	m->d = d;
+	m->env = j->env;
+	j->env = NULL;
+	m->next = d->active;
+	if (d->active)
+		d->active->prev = m;
+	d->active = m;
+	msg_start(m);
+}
+
+static void done_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct delivery *d = arg;
+	struct wjob *list;
+
+	pthread_mutex_lock(&d->mu);
+	list = d->dhead;
+	d->dhead = d->dtail = NULL;
+	pthread_mutex_unlock(&d->mu);
+	while (list != NULL) {
+		struct wjob *j = list;
+
+		list = j->next;
+		switch (j->type) {
+		case WJ_SCAN:
+			scan_done(d, j);
+			break;
+		case WJ_LOAD:
+			load_done(d, j);
+			break;
+		case WJ_MAILDIR:
+			maildir_done(d, j);
+			break;
+		case WJ_NOTIFY:
+			notify_done(d, j);
+			break;
+		}
+		job_free(j);
+	}
+	pump(d);
+}
+
+static void arm_timer(struct delivery *d, int64_t now)
+{
+	struct timeval tv = { MAX_TIMER, 0 };
+
+	if (d->heap.n > 0 && d->heap.v[0].due - now < MAX_TIMER)
+		tv.tv_sec = d->heap.v[0].due > now ? (time_t)(d->heap.v[0].due - now) : 0;
+	if (tv.tv_sec == 0)
+		tv.tv_usec = 100 * 1000;   /* due now but every slot is busy */
+	evtimer_add(d->timer, &tv);
+}
+
+/* Starts due messages up to max_deliveries; bounded work per call. */
+static void pump(struct delivery *d)
+{
+	int64_t now = now_s();
+
+	if (d->stop)
+		return;
+	while (d->heap.n > 0 && d->heap.v[0].due <= now &&
+	       d->n_active < d->cfg.max_deliveries) {
+		struct hent e;
+		struct wjob *j;
+
+		heap_pop(&d->heap, &e);
+		if ((j = calloc(1, sizeof *j)) == NULL) {
+			index_requeue(d, e.qid, now + ERROR_RETRY);
+			break;
+		}
+		j->type = WJ_LOAD;
+		memcpy(j->qid, e.qid, SPOOL_QID_SIZE);
+		d->n_active++;
+		job_post(d, j);
+	}
+	if (now - d->last_scan >= RESCAN_SECS)
+		post_scan(d);
+	arm_timer(d, now);
+}
+
+static void timer_cb(evutil_socket_t fd, short what, void *arg)
+{
+	pump(arg);
+}
+
+/* ---- public API ------------------------------------------------------------ */
+
+static void delivery_destroy(struct delivery *d)
+{
+	struct wjob *lists[2];
+
+	if (d->thread_started) {
+		pthread_mutex_lock(&d->mu);
+		d->stop = true;
+		pthread_cond_broadcast(&d->cv);
+		pthread_mutex_unlock(&d->mu);
+		pthread_join(d->thread, NULL);
+	}
+	d->stop = true;
+	/* Dropping the client drops its jobs without their callbacks. */
+	smtp_client_free(&d->client);
+	if (d->done_ev)
+		event_free(d->done_ev);
+	if (d->timer)
+		event_free(d->timer);
+	lists[0] = d->jhead;
+	lists[1] = d->dhead;
+	for (int k = 0; k < 2; k++)
+		while (lists[k] != NULL) {
+			struct wjob *j = lists[k];
+
+			lists[k] = j->next;
+			job_free(j);
+		}
+	while (d->active != NULL)
+		msg_free(d->active);
+	for (size_t b = 0; b < HOP_BUCKETS; b++)
+		while (d->hops[b] != NULL) {
+			struct hop *h = d->hops[b];
+
+			d->hops[b] = h->next;
+			free(h);
+		}
+	free(d->known.v);
+	free(d->heap.v);
+	dcfg_free(&d->cfg);
+	pthread_cond_destroy(&d->cv);
+	pthread_mutex_destroy(&d->mu);
+	free(d);
+}
+
+struct delivery *delivery_new(struct event_base *base, const struct carrier_conf *conf,
+			      struct evlog *log, struct counters *ctr, struct spool *spool,
+			      struct route_table *routes, struct dns *dns,
+			      char *err, size_t errlen)
+{
+	struct delivery *d = calloc(1, sizeof *d);
+	struct smtp_client_opts o;
+	struct timespec ts;
+	int e;
+
+	if (d == NULL) {
+		snprintf(err, errlen, "delivery: out of memory");
+		return NULL;
+	}
+	pthread_mutex_init(&d->mu, NULL);
+	pthread_cond_init(&d->cv, NULL);
+	d->base = base;
+	d->log = log;
+	d->ctr = ctr;
+	d->spool = spool;
+	d->routes = routes;
+	d->dns = dns;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	schedule_rand_seed(&d->rnd, (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
+				 (uint64_t)getpid());
+	if (dcfg_init(&d->cfg, conf) < 0) {
+		snprintf(err, errlen, "delivery: out of memory");
+		goto fail;
+	}
+	smtp_client_opts_from_conf(&o, conf);
+	if ((d->client = smtp_client_new(base, &o, log, err, errlen)) == NULL)
+		goto fail;
+	d->done_ev = event_new(base, -1, 0, done_cb, d);
+	d->timer = evtimer_new(base, timer_cb, d);
+	if (d->done_ev == NULL || d->timer == NULL) {
+		snprintf(err, errlen, "delivery: cannot create its events");
+		goto fail;
+	}
+	if ((e = pthread_create(&d->thread, NULL, worker, d)) != 0) {
+		snprintf(err, errlen, "delivery: cannot start its thread: %s", strerror(e));
+		goto fail;
+	}
+	d->thread_started = true;
+	post_scan(d);
+	arm_timer(d, now_s());
+	return d;
+fail:
+	delivery_destroy(d);
+	return NULL;
+}
+
+void delivery_kick(struct delivery *d)
+{
+	if (d != NULL)
+		post_scan(d);
+}
+
+void delivery_kick_qid(struct delivery *d, const char *qid)
+{
+	if (d == NULL)
+		return;
+	if (index_add(d, qid, 0))
+		pump(d);
+}
+
+void delivery_set_conf(struct delivery *d, const struct carrier_conf *conf,
+		       struct route_table *routes)
+{
+	struct dcfg c;
+	struct smtp_client_opts o;
+
+	if (d == NULL)
+		return;
+	if (routes != NULL)
+		d->routes = routes;
+	if (dcfg_init(&c, conf) == 0) {
+		dcfg_free(&d->cfg);
+		d->cfg = c;
+	}
+	smtp_client_opts_from_conf(&o, conf);
+	smtp_client_set_opts(d->client, &o);
+	/* New routes may apply to mail waiting for a retry: no; it keeps
+	 * its schedule (nothing is re-bounced or lost, only re-routed when
+	 * its time comes). */
+	pump(d);
+}
+
+void delivery_get_stats(const struct delivery *d, struct delivery_stats *st_r)
+{
+	*st_r = d->st;
+	st_r->indexed = d->known.n;
+	st_r->active = d->n_active;
+	st_r->index_ready = d->index_ready;
+}
+
+void delivery_free(struct delivery **dp)
+{
+	if (dp == NULL || *dp == NULL)
+		return;
+	delivery_destroy(*dp);
+	*dp = NULL;
+}
