@@ -33,6 +33,7 @@
  * journals them together): 1 thread ~1,750 deliveries/s, 4 ~3,600 on the
  * development VM's ext4. */
 #define LOCAL_THREADS 4
+#define LOCAL_KICK_QIDS 4096      /* qids kept between scans; more: a walk */
 
 /* The part of the configuration the worker uses, shared by refcount. */
 struct local_cfg {
@@ -65,6 +66,9 @@ struct local {
 	pthread_cond_t idle_cv;   /* local_wait_idle waits for the worker */
 	pthread_t thread;
 	bool kicked, stop, busy;
+	bool walk;                /* the next scan walks the whole spool */
+	char (*kq)[SPOOL_QID_SIZE]; /* else it looks at these (local_kick_qid) */
+	size_t n_kq;
 	struct local_cfg *cfg;
 
 	/* The worker scans and runs wbase, where the spool's answers come;
@@ -650,18 +654,28 @@ static bool stopping(struct local *l)
 
 /*
  * One scan: stores results kept from earlier, collects the due messages,
- * delivers them.  Sets *next_due to the earliest future attempt (0 =
- * none) and returns true when it should run again at once.
+ * delivers them.  With `qids` (n_qids of them, freed here), looks at those
+ * messages only (kicks naming them) and lowers *next_due when one of them
+ * is deferred; else walks the spool's pending messages and sets *next_due
+ * to the earliest future attempt (0 = none).  Returns true when it should
+ * walk again at once.
  */
-static bool run_scan(struct local *l, int64_t *next_due)
+static bool run_scan(struct local *l, int64_t *next_due,
+		     char (*qids)[SPOOL_QID_SIZE], size_t n_qids)
 {
 	struct local_cfg *cfg = cfg_get(l);
 	struct scan s = { .l = l, .cfg = cfg, .now = (int64_t)time(NULL) };
 	char err[512];
-	int rc;
+	int rc = 0;
 
 	retry_unrecorded(l);
-	rc = spool_foreach_pending(l->spool, scan_cb, &s, err, sizeof err);
+	if (qids != NULL) {
+		s.qids = qids;
+		s.n = s.cap = n_qids;
+		s.next_due = *next_due;
+	} else {
+		rc = spool_foreach_pending(l->spool, scan_cb, &s, err, sizeof err);
+	}
 	if (rc == -1 || rc == -2) {
 		evlog_emit(l->log, EV_LOCAL_SPOOL_FAILED,
 			   EVF_S("reason", rc == -1 ? err : "out of memory"));
@@ -739,6 +753,10 @@ static void *worker(void *arg)
 
 	pthread_mutex_lock(&l->mu);
 	while (!l->stop) {
+		char (*qids)[SPOOL_QID_SIZE];
+		size_t n_qids;
+		bool walk;
+
 		if (!l->kicked && !again) {
 			int64_t now = (int64_t)time(NULL), until = now + LOCAL_MAX_SLEEP;
 			struct timespec ts = { 0 };
@@ -754,11 +772,26 @@ static void *worker(void *arg)
 				break;
 			if (!l->kicked && (int64_t)time(NULL) < until)
 				continue;  /* spurious wake-up */
+			if ((int64_t)time(NULL) >= until)
+				l->walk = true;   /* a deferral is due, or the 5 minutes */
 		}
+		walk = l->walk || again;
+		qids = l->kq;
+		n_qids = l->n_kq;
+		l->kq = NULL;
+		l->n_kq = 0;
+		l->walk = false;
 		l->kicked = false;
 		l->busy = true;
 		pthread_mutex_unlock(&l->mu);
-		again = run_scan(l, &next_due);
+		if (walk) {
+			free(qids);
+			again = run_scan(l, &next_due, NULL, 0);
+		} else if (n_qids > 0) {
+			again = run_scan(l, &next_due, qids, n_qids);
+		} else {
+			free(qids);
+		}
 		pthread_mutex_lock(&l->mu);
 	}
 	l->busy = false;
@@ -840,7 +873,8 @@ struct local *local_new(struct event_base *base, const struct carrier_conf *conf
 	l->log = log;
 	l->ctr = ctr;
 	l->spool = spool;
-	l->kicked = true;   /* scan at start: mail queued before a restart */
+	l->kicked = true;   /* walk at start: mail queued before a restart */
+	l->walk = true;
 	l->busy = true;
 	for (e = 0; e == 0 && l->n_pool < LOCAL_THREADS; )
 		if ((e = pthread_create(&l->pool[l->n_pool], NULL, pool_main, l)) == 0)
@@ -861,6 +895,29 @@ void local_kick(struct local *l)
 	if (l == NULL)
 		return;
 	pthread_mutex_lock(&l->mu);
+	l->kicked = true;
+	l->walk = true;
+	l->busy = true;
+	pthread_cond_signal(&l->wake);
+	pthread_mutex_unlock(&l->mu);
+}
+
+void local_kick_qid(struct local *l, const char *qid)
+{
+	void *v = NULL;
+
+	if (l == NULL)
+		return;
+	pthread_mutex_lock(&l->mu);
+	if (l->walk || strlen(qid) >= SPOOL_QID_SIZE)
+		;                       /* a walk finds it anyway */
+	else if (l->n_kq < LOCAL_KICK_QIDS &&
+		 (v = realloc(l->kq, (l->n_kq + 1) * sizeof *l->kq)) != NULL) {
+		l->kq = v;
+		memcpy(l->kq[l->n_kq++], qid, strlen(qid) + 1);
+	} else {
+		l->walk = true;         /* too many (or no memory): walk */
+	}
 	l->kicked = true;
 	l->busy = true;
 	pthread_cond_signal(&l->wake);
@@ -920,5 +977,6 @@ void local_free(struct local **lp)
 	pthread_mutex_unlock(&l->mu);
 	pthread_join(l->thread, NULL);
 	pool_join(l);
+	free(l->kq);
 	local_destroy(l);
 }

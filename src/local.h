@@ -27,7 +27,8 @@
  * thread-safe).  libevent threading must be on (evthread_use_pthreads())
  * before local_new(), as carrierd does.  The worker scans at start (mail
  * queued before a restart), after each kick, when the earliest deferred
- * local recipient is due, and at least every 5 minutes.
+ * local recipient is due, and at least every 5 minutes; a kick naming a
+ * qid (local_kick_qid) looks at that message only.
  *
  * Exactly once: the runner queues DELIVERED for a recipient right after
  * its Maildir file and new/ are fsync'd.  A crash (kill -9, power cut)
@@ -67,8 +68,18 @@ struct local *local_new(struct event_base *base, const struct carrier_conf *conf
 			struct evlog *log, struct counters *ctr, struct spool *spool,
 			char *err, size_t errlen);
 
-/* Asks for a scan soon (after a commit).  Never blocks on disk; any thread. */
+/* Asks for a walk of the spool's pending messages soon.  Never blocks on
+ * disk; any thread. */
 void local_kick(struct local *l);
+
+/*
+ * Asks for the committed message `qid` to be looked at soon, without a
+ * walk of the spool (whose cost grows with the queue, remote mail
+ * included): prefer it after a commit when the qid is known.  Kicks are
+ * coalesced; past 4096 waiting qids it becomes a walk.  Never blocks on
+ * disk; any thread.
+ */
+void local_kick_qid(struct local *l, const char *qid);
 
 /* Swaps in a new configuration (reload): copied, used from the next
  * message on; `conf` may be freed after the call.  Any thread. */

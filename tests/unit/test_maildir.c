@@ -435,6 +435,7 @@ static void test_runner_delivers(void **state)
 	struct spool *sp = open_spool(f, 1024);
 	struct evlog *log = evlog_new("test");
 	char q1[SPOOL_QID_SIZE], q2[SPOOL_QID_SIZE], q3[SPOOL_QID_SIZE], q4[SPOOL_QID_SIZE];
+	char q5[SPOOL_QID_SIZE];
 	char big[4000], last[1024], *got;
 	struct spool_envelope *env;
 	struct local *l;
@@ -485,12 +486,26 @@ static void test_runner_delivers(void **state)
 					     "Delivered-To: dave@localhost\n") + sizeof big - 3 + 1);
 	free(got);
 
-	/* A kick with a new message delivers it; nothing is delivered twice. */
+	/* A kick naming a qid looks at that message only (no walk): q5, not
+	 * kicked, waits for the next walk. */
+	commit(sp, q5, "Subject: five\r\n\r\n", (const char *[]){ "fred@example.org", NULL });
 	commit(sp, q4, "Subject: four\r\n\r\n", (const char *[]){ "alice@example.org", NULL });
-	local_kick(l);
+	local_kick_qid(l, q4);
 	assert_true(local_wait_idle(l, 10000));
 	assert_int_equal(count_in(f->root, "alice", "new"), 3);
 	assert_null(load(sp, q4, 1));
+	assert_int_equal(count_in(f->root, "fred", "new"), -1);
+	env = load(sp, q5, 0);
+	assert_int_equal(env->rcpts[0].state, SPOOL_RCPT_QUEUED);
+	spool_envelope_free(&env);
+	/* A plain kick walks the spool; nothing is delivered twice. */
+	local_kick(l);
+	assert_true(local_wait_idle(l, 10000));
+	assert_int_equal(count_in(f->root, "fred", "new"), 1);
+	assert_int_equal(count_in(f->root, "alice", "new"), 3);
+	local_kick_qid(l, q4);   /* gone: nothing happens */
+	local_kick_qid(l, "not-a-qid");
+	assert_true(local_wait_idle(l, 10000));
 
 	/* A restart delivers nothing again. */
 	local_free(&l);
@@ -499,7 +514,7 @@ static void test_runner_delivers(void **state)
 	assert_int_equal(count_in(f->root, "alice", "new"), 3);
 	assert_int_equal(count_in(f->root, "bob", "new"), 1);
 	assert_int_equal(count_in(f->root, "dave", "new"), 1);
-	assert_int_equal(evlog_count(log, EV_LOCAL_DELIVERED), 6);
+	assert_int_equal(evlog_count(log, EV_LOCAL_DELIVERED), 7);
 	local_free(&l);
 	spool_close(&sp);
 	evlog_free(&log);
@@ -583,7 +598,10 @@ static void test_runner_many(void **state)
 	for (int i = 0; i < 150; i++) {   /* while the first scan runs */
 		snprintf(a, sizeof a, "u%d@example.org", i % 10);
 		commit(sp, q, "Subject: more\r\n\r\ny\r\n", (const char *[]){ a, NULL });
-		local_kick(l);
+		if (i % 2)
+			local_kick_qid(l, q);
+		else
+			local_kick(l);
 	}
 	assert_true(local_wait_idle(l, 30000));
 	for (int u = 0; u < 10; u++) {
