@@ -21,7 +21,7 @@
 #include "counters.h"
 #include "evlog.h"
 #include "maildir.h"
-#include "sched.h"
+#include "schedule.h"
 #include "spool.h"
 
 #define LOCAL_BATCH 1024          /* messages collected per scan at most */
@@ -43,7 +43,7 @@ struct local_cfg {
 	char **domains;
 	size_t n_domains;
 	unsigned *schedule;       /* [delivery] retry_schedule */
-	struct sched_policy policy;
+	struct schedule_policy policy;
 };
 
 /* A result the spool refused to store; recorded again before new work. */
@@ -502,7 +502,7 @@ static bool duplicate_of(const struct msgctx *m, size_t i)
 /*
  * Records, logs and counts the result of one attempt: `text` is the file's
  * path on success, else the reason.  A temporary failure is deferred by the
- * [delivery] retry schedule (sched), or fails once the message has been
+ * [delivery] retry schedule (schedule), or fails once the message has been
  * queued longer than max_queue_lifetime.
  */
 static void record_result(struct msgctx *m, size_t i, enum maildir_result res,
@@ -524,10 +524,10 @@ static void record_result(struct msgctx *m, size_t i, enum maildir_result res,
 		count(l, COUNTER_MSG_DELIVERED);
 		return;
 	}
-	sched_rand_seed(&rnd, (uint64_t)now ^ (seq * 0x9e3779b97f4a7c15ull));
+	schedule_rand_seed(&rnd, (uint64_t)now ^ (seq * 0x9e3779b97f4a7c15ull));
 	if (res == MAILDIR_TEMP &&
-	    sched_temp_failure(&m->cfg->policy, m->env->arrival, r->attempts, now, &rnd,
-			       &next) == SCHED_RETRY) {
+	    schedule_temp_failure(&m->cfg->policy, m->env->arrival, r->attempts, now, &rnd,
+			       &next) == SCHEDULE_RETRY) {
 		snprintf(reply, sizeof reply, "4.2.0 %s", text);
 		record(l, qid, i, r->addr, SPOOL_RCPT_DEFERRED, reply, next);
 		m->states[i] = SPOOL_RCPT_DEFERRED;

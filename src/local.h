@@ -4,7 +4,7 @@
  * Takes the spool's pending recipients whose domain is local (or that have
  * no domain), delivers each into its Maildir with the maildir agent, and
  * records each result in the spool: DELIVERED, DEFERRED with the next
- * attempt from sched's policy ([delivery] retry_schedule, 1m, 5m, 15m,
+ * attempt from the schedule module's policy ([delivery] retry_schedule, 1m, 5m, 15m,
  * 30m, 1h, 2h, 4h by default, with jitter), or FAILED (permanent failure,
  * or temporary failures for longer than [delivery] max_queue_lifetime).  A
  * message whose recipients are all final is removed from the spool.
