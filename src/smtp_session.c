@@ -267,7 +267,8 @@ static void commit_done(void *arg, int rc, const char *qid, const char *err)
 	} else {
 		evlog_emit(s->srv->log, EV_SMTP_IN_COMMIT_FAILED, EVF_S("qid", qid),
 			   EVF_S("client", s->addr), EVF_S("reason", err ? err : "?"));
-		reply_err(s, "DATA", 452, "4.3.1", "Insufficient system storage, try again later");
+		reply_err(s, t->bdat ? "BDAT" : "DATA", 452, "4.3.1",
+			  "Insufficient system storage, try again later");
 	}
 	txn_end(s);
 	if (s->gone) {
