@@ -204,8 +204,15 @@ static void metrics_request(struct evhttp_request *req, void *arg)
 	const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
 	const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
 
+	enum evhttp_cmd_type cmd = evhttp_request_get_command(req);
+
 	if (path == NULL || strcmp(path, METRICS_PATH) != 0) {
 		evhttp_send_error(req, HTTP_NOTFOUND, "only " METRICS_PATH " is served here");
+		return;
+	}
+	if (cmd != EVHTTP_REQ_GET && cmd != EVHTTP_REQ_HEAD) {
+		evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+		evhttp_send_error(req, HTTP_BADMETHOD, "only GET and HEAD");
 		return;
 	}
 	metrics_serve(arg, req);
@@ -290,7 +297,10 @@ struct metrics *metrics_new(struct event_base *base, const char *listen,
 	}
 	m->ctr = c;
 	m->log = log;
-	evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD);
+	/* Let the common methods reach us, to answer 405 (libevent says 501). */
+	evhttp_set_allowed_methods(m->http, EVHTTP_REQ_GET | EVHTTP_REQ_HEAD | EVHTTP_REQ_POST |
+				   EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+				   EVHTTP_REQ_PATCH);
 	evhttp_set_timeout(m->http, METRICS_TIMEOUT_S);
 	evhttp_set_max_headers_size(m->http, METRICS_MAX_HEADERS);
 	evhttp_set_max_body_size(m->http, 0);
