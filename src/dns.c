@@ -26,6 +26,7 @@
 #include <unbound.h>
 
 #include "conf.h"
+#include "counters.h"
 #include "evlog.h"
 
 #define RR_A 1
@@ -80,6 +81,7 @@ struct dns {
 	struct dns_q *queries;
 	struct dns_req *reqs;
 	struct dns_stats st;
+	struct counters_shm *shm;       /* NULL: private stats only */
 };
 
 /* ---- pure helpers ----------------------------------------------------- */
@@ -475,6 +477,17 @@ struct event_base *dns_event_base(const struct dns *dns)
 	return dns->base;
 }
 
+void dns_set_counters(struct dns *dns, struct counters_shm *shm)
+{
+	dns->shm = shm;
+}
+
+static void count(struct dns *dns, enum counters_id id)
+{
+	if (dns->shm)
+		counters_add(dns->shm, id, 1);
+}
+
 void dns_get_stats(const struct dns *dns, struct dns_stats *st_r)
 {
 	*st_r = dns->st;
@@ -543,8 +556,10 @@ static void classify(struct dns *dns, struct dns_q *q, int err, struct ub_result
 		dns->st.nxdomain++;
 	else
 		dns->st.tempfail++;
-	if (a->st == DNS_TEMPFAIL)
+	if (a->st == DNS_TEMPFAIL) {
+		count(dns, COUNTER_DNS_FAILURES);
 		evlog_emit(dns->log, EV_DNS_TEMPFAIL, EVF_S("reason", a->reason));
+	}
 }
 
 static void on_ub_answer(void *arg, int err, struct ub_result *res)
@@ -582,6 +597,7 @@ static void on_q_timeout(evutil_socket_t fd, short what, void *arg)
 	snprintf(a.reason, sizeof a.reason, "%s %s: no answer within %u ms (timeout)",
 		 rr_name(q->rrtype), q->name, dns->timeout_ms);
 	dns->st.timeouts++;
+	count(dns, COUNTER_DNS_FAILURES);
 	evlog_emit(dns->log, EV_DNS_TIMEOUT, EVF_S("type", rr_name(q->rrtype)),
 		   EVF_S("name", q->name), EVF_I("ms", dns->timeout_ms));
 	q->req = NULL;
@@ -630,6 +646,7 @@ static struct dns_q *q_start(struct dns_req *req, const char *name, int rrtype,
 	dns->queries = q;
 	dns->st.lookups++;
 	dns->st.in_flight++;
+	count(dns, COUNTER_DNS_LOOKUPS);
 	req->pending++;
 	return q;
 }

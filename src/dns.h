@@ -32,6 +32,7 @@
 
 struct event_base;
 struct carrier_conf;
+struct counters_shm;
 struct evlog;
 
 #define DNS_NAME_MAX 253        /* text form, without the trailing dot */
@@ -139,6 +140,10 @@ void dns_free(struct dns **dnsp);
  * query is cancelled and reported DNS_TEMPFAIL "timeout". */
 void dns_set_timeout(struct dns *dns, unsigned ms);
 struct event_base *dns_event_base(const struct dns *dns);
+/* Also counts into the shared counters: DNS_LOOKUPS for every query sent,
+ * DNS_FAILURES for every temporary failure or timeout (not NXDOMAIN).
+ * `shm` (counters_block()) must outlive dns; NULL stops. */
+void dns_set_counters(struct dns *dns, struct counters_shm *shm);
 void dns_get_stats(const struct dns *dns, struct dns_stats *st_r);
 
 /*

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "conf.h"
+#include "counters.h"
 #include "dns.h"
 
 static void test_name_ok(void **state)
@@ -284,9 +285,12 @@ static void test_timeout_is_temporary(void **state)
 	struct fixture *f = *state;
 	struct dns_stats st;
 	char err[256];
-	struct dns_req *r = dns_resolve_mail(f->dns, "slow.example", on_hops, f, err, sizeof err);
+	struct counters_shm *shm = calloc(1, sizeof *shm);
+	struct dns_req *r;
 	struct timeval limit = { 5, 0 };
 
+	dns_set_counters(f->dns, shm);
+	r = dns_resolve_mail(f->dns, "slow.example", on_hops, f, err, sizeof err);
 	assert_non_null(r);
 	event_base_loopexit(f->base, &limit);
 	event_base_dispatch(f->base);
@@ -299,6 +303,10 @@ static void test_timeout_is_temporary(void **state)
 	assert_int_equal(st.lookups, 1);
 	assert_int_equal(st.timeouts, 1);
 	assert_int_equal(st.in_flight, 0);
+	assert_int_equal(shm->v[COUNTER_DNS_LOOKUPS], 1);
+	assert_int_equal(shm->v[COUNTER_DNS_FAILURES], 1);
+	dns_set_counters(f->dns, NULL);
+	free(shm);
 }
 
 static void test_cancel_and_free_in_flight(void **state)
