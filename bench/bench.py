@@ -709,6 +709,7 @@ class Bench:
         self.results = {}      # (scenario, mta, metric) -> [values]
         self.notes = {}        # scenario -> [text]
         self.relay = None      # carrier relays to the sink?
+        self.profiles = {}     # scenario -> perf report lines
         self.max_conns = max(20000, args.d + 1000)
         self.acct_mode = detect_cgroup()[0]
         self.work = pathlib.Path(tempfile.mkdtemp(prefix="carrier-bench-", dir=args.workdir))
@@ -1113,10 +1114,128 @@ class Bench:
                                    "(--force-e measures the restart with mail queued for no route)")
                     continue
                 self.big_queue(*params)
+        if not a.no_profile and "carrier" in mtas and shutil.which("perf"):
+            for scen in self.short_scenarios():
+                self.progress(f"{scen} carrier: perf profile of the hot path")
+                with contextlib.suppress(Exception):
+                    self.profile_run(scen, *getattr(a, scen))
         self.step = self.steps
         self.progress("fsync ceiling again (the disk is shared; it varies)")
         self.ceiling_end = self.fsync_ceiling()
         P.line("")
+
+    # ---- targets (issue 6) and profiles where carrier falls short
+    def targets(self):
+        """[(target, measured, verdict)]"""
+        a, out = self.args, []
+
+        def med(scen, mta, metric):
+            v = self.summary(scen, mta, metric)
+            return v[0] if v else None
+
+        for scen, want in (("a", 3.0), ("b", 3.0), ("c", 2.0)):
+            if scen not in a.only:
+                continue
+            c, p = med(scen, "carrier", "relay_rate"), med(scen, "postfix", "relay_rate")
+            if c and p:
+                out.append((f"({scen}) relay rate >= {want:g}x Postfix", f"{c / p:.2f}x",
+                            "met" if c / p >= want else "SHORT"))
+            else:
+                ca, pa = med(scen, "carrier", "accept_rate"), med(scen, "postfix", "accept_rate")
+                acc = f"accept rate {ca / pa:.2f}x" if ca and pa else "n/a"
+                out.append((f"({scen}) relay rate >= {want:g}x Postfix", acc,
+                            "pending relay" + ("" if not (ca and pa) else
+                                               (" (accept: met)" if ca / pa >= want
+                                                else " (accept: SHORT)"))))
+        for scen in "abc":
+            if scen not in a.only:
+                continue
+            c, p = med(scen, "carrier", "cpu_per_1k"), med(scen, "postfix", "cpu_per_1k")
+            if c is not None and p:
+                verdict = "met" if c / p <= 1 / 3 else "SHORT"
+                if not self.relay:
+                    verdict += " (carrier: accept only)"
+                out.append((f"({scen}) CPU per 1,000 msgs <= 1/3 of Postfix", f"{c / p:.2f}x", verdict))
+        if "b" in a.only:
+            f = med("b", "carrier", "fsyncs_per_msg")
+            if f is not None:
+                verdict = "met" if f <= 0.2 else "SHORT"
+                if not self.relay:
+                    verdict += " (accept only)"
+                out.append(("(b) fsyncs per message <= 0.2", f"{f:.3f}", verdict))
+        for scen in "abc":
+            if scen not in a.only:
+                continue
+            vals = self.results.get((scen, "carrier", "lost"))
+            pv = self.results.get((scen, "postfix", "lost"))
+            out.append((f"({scen}) lost messages = 0",
+                        f"carrier {max(vals) if vals else 'n/a'}, Postfix {max(pv) if pv else 'n/a'}",
+                        ("met" if max(vals) == 0 else "FAILED") if vals else "pending relay"))
+        if "d" in a.only:
+            b = med("d", "carrier", "banners")
+            r = med("d", "carrier", "rss_per_conn_kib")
+            if b is not None:
+                out.append((f"(d) {a.d:,} idle connections held", f"{b:,.0f}",
+                            "met" if b >= a.d else "SHORT"))
+            if r is not None:
+                out.append(("(d) <= 10 KiB per connection", f"{r:.1f} KiB",
+                            "met" if r <= 10 else "SHORT"))
+        if "e" in a.only:
+            rd, sm = med("e", "carrier", "ready_s"), med("e", "carrier", "summary_s")
+            q = med("e", "carrier", "queued")
+            big = q is not None and q >= 1000000
+            out.append(("(e) 1M-message spool ready in <= 10 s",
+                        "n/a" if rd is None else f"{rd:.2f} s ({q:,.0f} msgs)",
+                        "pending relay" if rd is None else
+                        (("met" if rd <= 10 else "SHORT") + ("" if big else " (smaller spool)"))))
+            out.append(("(e) `carrier queue summary` in <= 1 s",
+                        "n/a" if sm is None else f"{sm:.2f} s",
+                        ("pending relay" if rd is None else "pending command") if sm is None else
+                        (("met" if sm <= 1 else "SHORT") + ("" if big else " (smaller spool)"))))
+        return out
+
+    def short_scenarios(self):
+        out = []
+        for t, _, verdict in self.targets():
+            m = re.match(r"\(([abc])\)", t)
+            if m and "SHORT" in verdict and "fsyncs" not in t and m.group(1) not in out:
+                out.append(m.group(1))
+        return out
+
+    def profile_run(self, scen, msgs, size, sessions):
+        """One more carrier run of the scenario under perf record; keeps the
+        top of the flat profile (self time by symbol) for the report."""
+        d = self.work / f"{scen}-carrier-perf"
+        sink = self.sink()
+        c = Carrier(self, d, sink.port)
+        perf = None
+        try:
+            c.start()
+            data = d / "perf.data"
+            perf = subprocess.Popen(["perf", "record", "-F", "999", "-g", "-o", str(data),
+                                     "-p", str(c.mta_pid)], stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True)
+            self.cleanups.append(lambda: kill_group(perf, signal.SIGKILL))
+            time.sleep(0.5)
+            smtp_source(c.port, msgs, size, sessions, on_tick=lambda n: self.progress(
+                f"{scen} carrier: perf profile, {n:,}/{msgs:,} accepted"))
+            if self.relay:
+                deadline = time.time() + self.args.relay_stall
+                while sink.count < msgs and time.time() < deadline:
+                    time.sleep(0.1)
+            kill_group(perf, signal.SIGINT, timeout=60)
+            r = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children",
+                                "--sort", "dso,sym", "-g", "none", "--percent-limit", "1.5"],
+                               capture_output=True, text=True, timeout=300)
+            lines = [l.rstrip() for l in r.stdout.splitlines()
+                     if l.strip() and not l.startswith("#")][:25]
+            self.profiles[scen] = lines
+        finally:
+            kill_group(perf, signal.SIGKILL)
+            c.stop()
+            sink.stop()
+            if not self.args.keep:
+                shutil.rmtree(d, ignore_errors=True)
 
     # ---- report
     def summary(self, scen, mta, metric):
@@ -1255,6 +1374,20 @@ class Bench:
         for r in self.rows():
             L.append("| " + " | ".join(x.replace("|", "/") for x in r) + " |")
         L.append("")
+        tg = self.targets()
+        if tg:
+            L.append("## Targets (issue 6)\n")
+            L.append("| target | measured | verdict |\n|---|--:|---|")
+            for t in tg:
+                L.append(f"| {t[0]} | {t[1]} | {t[2]} |")
+            L.append("")
+        for scen, lines in sorted(self.profiles.items()):
+            L.append(f"## Where carrier's time goes in ({scen})\n")
+            L.append(f"`perf record -F 999 -g -p <carrierd>` over one run of ({scen}); self time by "
+                     "shared object and symbol (>= 1.5%):\n")
+            L.append("```")
+            L.extend(lines)
+            L.append("```\n")
         notes = self.notes_text(md=True)
         if notes:
             L.append("Notes:\n")
@@ -1342,6 +1475,8 @@ def main():
                     help="a small smoke run: 1 run, a tenth of the messages, 1000 idle "
                          "connections, (e) with 20000 messages")
     ap.add_argument("--no-fsync", action="store_true", help="skip the strace fsync runs")
+    ap.add_argument("--no-profile", action="store_true",
+                    help="skip the perf profile of scenarios where carrier falls short")
     ap.add_argument("--fsync-msgs", type=int, default=5000,
                     help="messages in each strace run (5000)")
     ap.add_argument("--ceiling-seconds", type=float, default=3.0)
@@ -1413,6 +1548,12 @@ def main():
         print(bench.table_text())
         for n in bench.notes_text():
             print(n)
+        tg = bench.targets()
+        if tg:
+            print("\ntargets (issue 6):")
+            w = max(len(t[0]) for t in tg)
+            for t in tg:
+                print(f"  {t[0].ljust(w)}  {t[1]:>14}  {t[2]}")
         if rc == 0:
             path = bench.write_report(started, time.time() - t0)
             print(f"\nreport: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
