@@ -323,6 +323,64 @@ void counters_hop_set_failure(struct counters_hop *h, const char *reason, int64_
 	__atomic_store_n(&h->reason_seq, seq + 2, __ATOMIC_RELEASE);
 }
 
+static void add_global(struct counters *c, enum counters_id id, int64_t n)
+{
+	if (c != NULL && n != 0)
+		counters_add(c->shm, id, n);
+}
+
+void counters_conn_out_open(struct counters *c, struct counters_hop *h)
+{
+	add_global(c, COUNTER_CONN_OUT_CURRENT, 1);
+	add_global(c, COUNTER_CONN_OUT_TOTAL, 1);
+	counters_hop_add(h, HOP_CONN_ACTIVE, 1);
+	counters_hop_add(h, HOP_CONN_TOTAL, 1);
+}
+
+void counters_conn_out_close(struct counters *c, struct counters_hop *h)
+{
+	add_global(c, COUNTER_CONN_OUT_CURRENT, -1);
+	counters_hop_add(h, HOP_CONN_ACTIVE, -1);
+}
+
+void counters_conn_out_failed(struct counters *c, struct counters_hop *h,
+			      const char *reason, int64_t now)
+{
+	add_global(c, COUNTER_CONN_OUT_TOTAL, 1);
+	add_global(c, COUNTER_CONN_OUT_FAILED, 1);
+	counters_hop_add(h, HOP_CONN_TOTAL, 1);
+	counters_hop_add(h, HOP_CONN_FAILED, 1);
+	counters_hop_set_failure(h, reason, now);
+}
+
+void counters_out_delivered(struct counters *c, struct counters_hop *h,
+			    unsigned rcpts, uint64_t bytes)
+{
+	add_global(c, COUNTER_MSG_DELIVERED, 1);
+	add_global(c, COUNTER_RCPT_DELIVERED, rcpts);
+	add_global(c, COUNTER_BYTES_OUT, (int64_t)bytes);
+	counters_hop_add(h, HOP_MSG_OUT, 1);
+	counters_hop_add(h, HOP_BYTES_OUT, (int64_t)bytes);
+}
+
+void counters_out_deferred(struct counters *c, struct counters_hop *h,
+			   unsigned rcpts, const char *reason, int64_t now)
+{
+	add_global(c, COUNTER_MSG_DEFERRED, 1);
+	add_global(c, COUNTER_RCPT_DEFERRED, rcpts);
+	counters_hop_add(h, HOP_MSG_DEFERRED, 1);
+	counters_hop_set_failure(h, reason, now);
+}
+
+void counters_out_bounced(struct counters *c, struct counters_hop *h,
+			  unsigned rcpts, const char *reason, int64_t now)
+{
+	add_global(c, COUNTER_MSG_BOUNCED, 1);
+	add_global(c, COUNTER_RCPT_BOUNCED, rcpts);
+	counters_hop_add(h, HOP_MSG_BOUNCED, 1);
+	counters_hop_set_failure(h, reason, now);
+}
+
 /* ---- readers --------------------------------------------------------------- */
 
 void counters_hop_reason(const struct counters_hop *h, char *buf, size_t size)

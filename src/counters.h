@@ -242,9 +242,28 @@ void counters_hop_set_failure(struct counters_hop *h, const char *reason, int64_
 /* Sets HOP_NEXT_RETRY (Unix seconds; 0 = none scheduled). */
 void counters_hop_set_next_retry(struct counters_hop *h, int64_t t);
 
-/* Convenience for the common events; each is a few relaxed atomics. */
-/* A message for the hop was queued (+) or left its queue (-). */
+/* A message for the hop was queued (sign > 0) or left its queue (< 0). */
 void counters_hop_queue(struct counters_hop *h, int sign, uint64_t bytes);
+
+/*
+ * Outbound events, global and per hop in one call (each a few relaxed
+ * atomics; c and h may be NULL).  An agent calls, per connection:
+ * conn_out_open() once it has a socket (then conn_out_close() when it
+ * closes), or conn_out_failed() when connecting/greeting/TLS failed; and
+ * per message and next hop, one of delivered/deferred/bounced with the
+ * number of recipients it concerns.  `reason` is the reply or the error;
+ * `now` Unix seconds.
+ */
+void counters_conn_out_open(struct counters *c, struct counters_hop *h);
+void counters_conn_out_close(struct counters *c, struct counters_hop *h);
+void counters_conn_out_failed(struct counters *c, struct counters_hop *h,
+			      const char *reason, int64_t now);
+void counters_out_delivered(struct counters *c, struct counters_hop *h,
+			    unsigned rcpts, uint64_t bytes);
+void counters_out_deferred(struct counters *c, struct counters_hop *h,
+			   unsigned rcpts, const char *reason, int64_t now);
+void counters_out_bounced(struct counters *c, struct counters_hop *h,
+			  unsigned rcpts, const char *reason, int64_t now);
 
 /* ---- readers ----------------------------------------------------------- */
 

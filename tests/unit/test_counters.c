@@ -256,6 +256,47 @@ static void test_hop_threads(void **state)
 	counters_close(&c, false);
 }
 
+/* The outbound helpers move the global counters and the hop's together,
+ * and take NULL for either. */
+static void test_out_helpers(void **state)
+{
+	struct counters *c = counters_open("/bad/name", NULL);
+	struct counters_shm *s = counters_block(c);
+	struct counters_hop *h = counters_hop(c, "mx:example.net");
+
+	(void)state;
+	counters_conn_out_open(c, h);
+	assert_int_equal(s->v[COUNTER_CONN_OUT_CURRENT], 1);
+	assert_int_equal(h->f[HOP_CONN_ACTIVE], 1);
+	counters_out_delivered(c, h, 3, 2048);
+	counters_out_deferred(c, h, 1, "451 4.7.1 greylisted", 100);
+	counters_conn_out_close(c, h);
+	counters_conn_out_failed(c, h, "connect 192.0.2.7:25: timed out", 200);
+	counters_out_bounced(c, h, 2, "550 5.1.1 no such user", 300);
+	counters_conn_out_open(NULL, h);
+	counters_conn_out_close(NULL, h);
+	counters_out_delivered(c, NULL, 1, 10);
+
+	assert_int_equal(s->v[COUNTER_CONN_OUT_CURRENT], 0);
+	assert_int_equal(s->v[COUNTER_CONN_OUT_TOTAL], 2);
+	assert_int_equal(s->v[COUNTER_CONN_OUT_FAILED], 1);
+	assert_int_equal(s->v[COUNTER_MSG_DELIVERED], 2);
+	assert_int_equal(s->v[COUNTER_RCPT_DELIVERED], 4);
+	assert_int_equal(s->v[COUNTER_BYTES_OUT], 2058);
+	assert_int_equal(s->v[COUNTER_RCPT_DEFERRED], 1);
+	assert_int_equal(s->v[COUNTER_RCPT_BOUNCED], 2);
+	assert_int_equal(h->f[HOP_CONN_ACTIVE], 0);
+	assert_int_equal(h->f[HOP_CONN_TOTAL], 3);
+	assert_int_equal(h->f[HOP_CONN_FAILED], 1);
+	assert_int_equal(h->f[HOP_MSG_OUT], 1);
+	assert_int_equal(h->f[HOP_BYTES_OUT], 2048);
+	assert_int_equal(h->f[HOP_MSG_DEFERRED], 1);
+	assert_int_equal(h->f[HOP_MSG_BOUNCED], 1);
+	assert_int_equal(h->f[HOP_LAST_FAILURE], 300);
+	assert_string_equal(h->reason, "550 5.1.1 no such user");
+	counters_close(&c, false);
+}
+
 /* ---- the stats control command ------------------------------------------------ */
 
 static void test_control_stats_round_trip(void **state)
@@ -542,6 +583,7 @@ int main(void)
 		cmocka_unit_test(test_hop_claim),
 		cmocka_unit_test(test_hop_full),
 		cmocka_unit_test(test_hop_threads),
+		cmocka_unit_test(test_out_helpers),
 		cmocka_unit_test(test_control_stats_round_trip),
 		cmocka_unit_test(test_metrics_render),
 		cmocka_unit_test(test_metrics_server),
