@@ -1360,6 +1360,9 @@ class Bench:
         L.append(f"| Postfix | {self.version_postfix}, private instance, shipped durability |")
         L.append(f"| load / sink | Postfix smtp-source / smtp-sink on 127.0.0.1 |")
         L.append(f"| CPU accounting | {self.acct_mode} |")
+        la0, la1 = getattr(self, "load_start", None), os.getloadavg()
+        L.append(f"| load average (1 min) | {la0[0] if la0 else 0:.1f} at start, {la1[0]:.1f} at end "
+                 "(other work on the machine shares its 2 cores and disk) |")
         L.append(f"| runs per scenario | {a.runs} (median [min-max]) |\n")
         for when, attr in (("before", "ceiling"), ("after", "ceiling_end")):
             c = getattr(self, attr, None)
@@ -1506,7 +1509,8 @@ def main():
         if args.e == 1000000:
             args.e = 20000
         args.runs = 1 if args.runs == 3 else args.runs
-        args.fsync_msgs = min(args.fsync_msgs, 1000)
+        args.fsync_msgs = min(args.fsync_msgs, 500)
+        args.no_profile = True
         args.ceiling_seconds = min(args.ceiling_seconds, 1.0)
         args.idle_wait = min(args.idle_wait, 5.0)
         args.relay_stall = min(args.relay_stall, 20.0)
@@ -1526,6 +1530,7 @@ def main():
     t0 = time.time()
     rc = 0
     try:
+        bench.load_start = os.getloadavg()
         bench.preflight()
         log(f"carrier bench: {bench.version_carrier} vs Postfix {bench.version_postfix}; "
             f"work dir {bench.work}; CPU accounting: {bench.acct_mode}; runs: {args.runs}")
