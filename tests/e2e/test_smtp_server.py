@@ -863,3 +863,39 @@ def test_reload_applies_to_next_transaction(mk):
         assert c.cmd(f"RCPT TO:<{r}@localhost>").startswith(b"250"), r
     assert c.cmd("RCPT TO:<e@localhost>").startswith(b"452 4.5.3")
     c.close()
+
+
+def test_command_timeout_inside_transaction(mk):
+    d = mk("[smtp]\ncommand_timeout = 1s\n")
+    c = client(d, timeout=10)
+    start_txn(c)
+    t0 = time.time()
+    assert c.line().startswith(b"421 4.4.2")
+    assert time.time() - t0 < 5
+    c.close()
+    ev = d.wait_event("SMTP_IN_TIMEOUT")[0]["fields"]
+    assert ev["waiting"] == "a command" and ev["seconds"] == 1
+    assert_alive(d)
+
+
+def test_delivered_copy_has_one_received_header(srv):
+    c = client(srv)
+    start_txn(c, rcpt="rcv@localhost")
+    assert c.cmd("DATA").startswith(b"354")
+    c.send(b"Subject: trace\r\n\r\nbody\r\n.\r\n")
+    qid = QUEUED.match(c.line()).group(1).decode()
+    c.close()
+    deadline = time.time() + 10
+    files = []
+    while not files and time.time() < deadline:
+        files = maildir_files(srv.maildir)
+        time.sleep(0.1)
+    if not files:
+        pytest.skip("local delivery did not run")
+    assert len(files) == 1
+    text = open(files[0], "rb").read()
+    assert text.count(b"\nReceived: ") + text.startswith(b"Received: ") == 1
+    assert re.search(rb"Received: from client\.example \(\[127\.0\.0\.1\]\)\r?\n"
+                     rb"\tby mx\.test\.example \(carrier\) with ESMTP id " + qid.encode() +
+                     rb"\r?\n\tfor <rcv@localhost>;\r?\n\t\w{3}, \d{2} \w{3} \d{4} "
+                     rb"\d\d:\d\d:\d\d \+0000\r?\n", text), text
