@@ -16,7 +16,10 @@
  * invoking user's name at the first local domain.
  *
  * Memory stays bounded: only the header block (1 MiB at most) is held; the
- * body is streamed.  No address is ever passed to a shell or a program;
+ * rest of stdin goes to an unlinked temporary file first, so nothing is
+ * sent before the whole message is read, and MAIL declares SIZE,
+ * BODY=8BITMIME (a byte above 127) and SMTPUTF8 (a non-ASCII address) when
+ * the server offers them.  No address is ever passed to a shell or a program;
  * addresses with spaces, angle brackets or control characters are refused
  * before anything is sent.  If any recipient is refused, nothing is sent.
  *
@@ -32,9 +35,11 @@
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -199,42 +204,118 @@ static bool is_field(const char *line, size_t len)
 	return i > 0 && i < len && line[i] == ':';
 }
 
+/* The message read from stdin before anything is sent. */
+struct input {
+	struct buf hdr;     /* the header fields (Bcc removed with -t) */
+	struct buf rest;    /* the line that ended them */
+	FILE *body;         /* the rest of stdin, in an unlinked temporary file */
+	uint64_t size;      /* bytes on the wire: CRs added, dots stuffed */
+	bool eightbit;      /* a byte above 127 anywhere */
+	unsigned char prev; /* the last byte counted */
+};
+
+/* Counts message bytes as conn_data() will send them (in order). */
+static void note_bytes(struct input *m, const void *p, size_t n)
+{
+	const unsigned char *b = p;
+
+	m->size += n;
+	for (size_t i = 0; i < n; i++) {
+		if (b[i] & 0x80)
+			m->eightbit = true;
+		if (b[i] == '\n' && m->prev != '\r')
+			m->size++;
+		if (b[i] == '.' && m->prev == '\n')
+			m->size++;
+		m->prev = b[i];
+	}
+}
+
+/* Reads one line (with its LF) into line, at most `max` bytes: returns its
+ * length, 0 at EOF, -1 on a read error, -2 when longer than max. */
+static ssize_t read_line(FILE *in, struct buf *line, size_t max)
+{
+	int c;
+
+	line->n = 0;
+	while ((c = getc(in)) != EOF) {
+		char ch = (char)c;
+
+		if (line->n >= max)
+			return -2;
+		if (buf_add(line, &ch, 1) < 0)
+			return -1;
+		if (ch == '\n')
+			break;
+	}
+	return ferror(in) ? -1 : (ssize_t)line->n;
+}
+
 /* Reads the header block: fields up to (not including) the first empty
  * line, a line that is not a field, or EOF.  hdr gets the fields; rest
- * gets the line that ended them (to be sent first in the body). */
-static int read_headers(FILE *in, struct buf *hdr, struct buf *rest, char *err, size_t errlen)
+ * gets the line that ended them (to be sent first in the body).  Memory is
+ * bounded by SEND_HEADER_MAX. */
+static int read_headers(FILE *in, struct input *m, char *err, size_t errlen)
 {
-	char *line = NULL;
-	size_t cap = 0;
+	struct buf line = { 0 };
 	ssize_t len;
 
-	while ((len = getline(&line, &cap, in)) > 0) {
-		bool cont = (line[0] == ' ' || line[0] == '\t') && hdr->n > 0;
+	while ((len = read_line(in, &line, SEND_HEADER_MAX - m->hdr.n)) > 0) {
+		bool cont = (line.p[0] == ' ' || line.p[0] == '\t') && m->hdr.n > 0;
+		struct buf *to = cont || is_field(line.p, (size_t)len) ? &m->hdr : &m->rest;
 
-		if (!cont && !is_field(line, (size_t)len)) {
-			if (buf_add(rest, line, (size_t)len) < 0)
-				goto nomem;
+		if (buf_add(to, line.p, (size_t)len) < 0) {
+			len = -1;
 			break;
 		}
-		if (hdr->n + (size_t)len > SEND_HEADER_MAX) {
-			snprintf(err, errlen, "the header block is longer than %d bytes",
-				 SEND_HEADER_MAX);
-			free(line);
-			return EX_DATAERR_;
-		}
-		if (buf_add(hdr, line, (size_t)len) < 0)
-			goto nomem;
+		if (to == &m->rest)
+			break;
 	}
-	free(line);
+	free(line.p);
+	if (len == -2) {
+		snprintf(err, errlen, "the header block is longer than %d bytes", SEND_HEADER_MAX);
+		return EX_DATAERR_;
+	}
+	if (len < 0) {
+		snprintf(err, errlen, "read stdin: %s", errno ? strerror(errno) : "out of memory");
+		return EX_IOERR_;
+	}
+	return 0;
+}
+
+/* Copies the rest of stdin into an unlinked temporary file, so nothing is
+ * sent before the whole message is in hand (a read error sends nothing)
+ * and MAIL can declare SIZE and BODY=8BITMIME. */
+static int read_body(FILE *in, struct input *m, char *err, size_t errlen)
+{
+	char chunk[16384];
+	size_t n;
+
+	m->prev = '\n';
+	note_bytes(m, m->hdr.p ? m->hdr.p : "", m->hdr.n);
+	note_bytes(m, m->rest.p ? m->rest.p : "", m->rest.n);
+	if ((m->body = tmpfile()) == NULL) {
+		snprintf(err, errlen, "cannot create a temporary file: %s", strerror(errno));
+		return EX_TEMPFAIL_;
+	}
+	while ((n = fread(chunk, 1, sizeof chunk, in)) > 0) {
+		note_bytes(m, chunk, n);
+		if (fwrite(chunk, 1, n, m->body) != n) {
+			snprintf(err, errlen, "write a temporary file: %s", strerror(errno));
+			return EX_TEMPFAIL_;
+		}
+	}
 	if (ferror(in)) {
 		snprintf(err, errlen, "read stdin: %s", strerror(errno));
 		return EX_IOERR_;
 	}
+	if (fflush(m->body) != 0 || fseek(m->body, 0, SEEK_SET) != 0) {
+		snprintf(err, errlen, "write a temporary file: %s", strerror(errno));
+		return EX_TEMPFAIL_;
+	}
+	if (m->prev != '\n')
+		m->size += 2;   /* the CRLF conn_data() adds */
 	return 0;
-nomem:
-	free(line);
-	snprintf(err, errlen, "out of memory");
-	return EX_TEMPFAIL_;
 }
 
 /* Adds one address as found in a list element (`s`, n bytes, comments
@@ -601,11 +682,55 @@ static void print_qid(const char *reply)
 	printf("%.*s\n", (int)n, p);
 }
 
+/* Whether the EHLO reply in c->reply (lines joined by " / ") lists the
+ * extension `kw`. */
+static bool has_ext(const struct conn *c, const char *kw)
+{
+	size_t n = strlen(kw);
+
+	for (const char *p = strstr(c->reply, " / "); p != NULL; p = strstr(p + 3, " / ")) {
+		const char *k = p + 3 + 4;   /* past " / 250-" */
+
+		if (strlen(p + 3) > 4 && strncasecmp(k, kw, n) == 0 &&
+		    (k[n] == '\0' || k[n] == ' ' || k[n] == '/'))
+			return true;
+	}
+	return false;
+}
+
+static bool ascii_only(const char *s)
+{
+	for (; *s; s++)
+		if ((unsigned char)*s & 0x80)
+			return false;
+	return true;
+}
+
+/* The MAIL command's parameters: SIZE, BODY=8BITMIME, SMTPUTF8 when the
+ * server offers them and the message needs them. */
+static void mail_params(const struct conn *c, const struct send_opts *o, const char *sender,
+			const struct input *m, char *out, size_t outlen)
+{
+	bool utf8 = !ascii_only(sender);
+	size_t n = 0;
+
+	for (size_t i = 0; i < o->n_rcpts; i++)
+		utf8 = utf8 || !ascii_only(o->rcpts[i]);
+	out[0] = '\0';
+	if (has_ext(c, "SIZE"))
+		n += (size_t)snprintf(out + n, outlen - n, " SIZE=%llu",
+				      (unsigned long long)m->size);
+	if (m->eightbit && has_ext(c, "8BITMIME") && n < outlen)
+		n += (size_t)snprintf(out + n, outlen - n, " BODY=8BITMIME");
+	if (utf8 && has_ext(c, "SMTPUTF8") && n < outlen)
+		snprintf(out + n, outlen - n, " SMTPUTF8");
+}
+
 /* The SMTP dialogue after the greeting; returns the exit status. */
 static int submit(struct conn *c, const struct send_opts *o, const char *sender,
-		  const struct buf *hdr, const struct buf *rest, FILE *in)
+		  const struct input *m)
 {
-	char err[512], host[256] = "localhost", chunk[16384];
+	char err[512], host[256] = "localhost", chunk[16384], params[128];
 	size_t n;
 	int code;
 
@@ -618,7 +743,8 @@ static int submit(struct conn *c, const struct send_opts *o, const char *sender,
 		goto io;
 	if (code != 250)
 		return refused(c, "EHLO");
-	if ((code = conn_cmd(c, err, sizeof err, "MAIL FROM:<%s>", sender)) < 0)
+	mail_params(c, o, sender, m, params, sizeof params);
+	if ((code = conn_cmd(c, err, sizeof err, "MAIL FROM:<%s>%s", sender, params)) < 0)
 		goto io;
 	if (code != 250)
 		return refused(c, "sender");
@@ -637,15 +763,16 @@ static int submit(struct conn *c, const struct send_opts *o, const char *sender,
 	if (code != 354)
 		return refused(c, "DATA");
 	c->at_bol = true;
-	if (conn_data(c, hdr->p ? hdr->p : "", hdr->n, err, sizeof err) < 0 ||
-	    conn_data(c, rest->p ? rest->p : "", rest->n, err, sizeof err) < 0)
+	if (conn_data(c, m->hdr.p ? m->hdr.p : "", m->hdr.n, err, sizeof err) < 0 ||
+	    conn_data(c, m->rest.p ? m->rest.p : "", m->rest.n, err, sizeof err) < 0)
 		goto io;
-	while ((n = fread(chunk, 1, sizeof chunk, in)) > 0)
+	while ((n = fread(chunk, 1, sizeof chunk, m->body)) > 0)
 		if (conn_data(c, chunk, n, err, sizeof err) < 0)
 			goto io;
-	if (ferror(in)) {
-		fprintf(stderr, "carrier send: read stdin: %s; nothing sent\n", strerror(errno));
-		return EX_IOERR_;    /* closing without the final dot aborts */
+	if (ferror(m->body)) {
+		fprintf(stderr, "carrier send: read the temporary file: %s; nothing sent\n",
+			strerror(errno));
+		return EX_TEMPFAIL_;    /* closing without the final dot aborts */
 	}
 	if (!c->at_bol && conn_put(c, "\r\n", 2, err, sizeof err) < 0)
 		goto io;
@@ -682,7 +809,7 @@ static void opts_free(struct send_opts *o)
 
 static int send_run(struct send_opts *o, const struct carrier_conf *conf)
 {
-	struct buf hdr = { 0 }, rest = { 0 };
+	struct input m = { 0 };
 	struct conn *c = NULL;
 	char sender[SEND_ADDR_MAX + 1], err[512];
 	int rc;
@@ -698,11 +825,13 @@ static int send_run(struct send_opts *o, const struct carrier_conf *conf)
 		fprintf(stderr, "carrier send: bad sender address \"%s\"\n", sender);
 		return EX_USAGE_;
 	}
-	rc = read_headers(stdin, &hdr, &rest, err, sizeof err);
-	if (rc == 0 && o->from_headers && headers_recipients(o, &hdr) < 0) {
+	rc = read_headers(stdin, &m, err, sizeof err);
+	if (rc == 0 && o->from_headers && headers_recipients(o, &m.hdr) < 0) {
 		snprintf(err, sizeof err, "out of memory");
 		rc = EX_TEMPFAIL_;
 	}
+	if (rc == 0)
+		rc = read_body(stdin, &m, err, sizeof err);
 	if (rc != 0) {
 		fprintf(stderr, "carrier send: %s\n", err);
 		goto out;
@@ -734,12 +863,14 @@ static int send_run(struct send_opts *o, const struct carrier_conf *conf)
 	else if (c->code != 220)
 		rc = refused(c, "connection");
 	else
-		rc = submit(c, o, sender, &hdr, &rest, stdin);
+		rc = submit(c, o, sender, &m);
 	close(c->fd);
 out:
 	free(c);
-	free(hdr.p);
-	free(rest.p);
+	free(m.hdr.p);
+	free(m.rest.p);
+	if (m.body != NULL)
+		fclose(m.body);
 	return rc;
 }
 

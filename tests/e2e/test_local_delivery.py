@@ -161,6 +161,29 @@ def test_send_sendmail_options(peer_conf):
     assert "RCPT TO:<bob@example.org>" in peer.commands
 
 
+def test_send_mail_parameters(peer_conf):
+    """SIZE always, BODY=8BITMIME for 8-bit content, SMTPUTF8 for a UTF-8
+    address, each only when the server offers it."""
+    ehlo = "250-peer\r\n250-SIZE 1000000\r\n250-8BITMIME\r\n250 SMTPUTF8"
+    msg = "Subject: caf\u00e9\n\nna\u00efve\n"
+    peer = Peer({"EHLO": ehlo})
+    try:
+        r = send(peer_conf(peer), "-f", "a@example.net", "jos\u00e9@example.org", input=msg)
+        assert r.returncode == 0, r.stderr
+    finally:
+        peer.close()
+    size = len(peer.data)                                # as sent
+    assert peer.commands[1] == f"MAIL FROM:<a@example.net> SIZE={size} BODY=8BITMIME SMTPUTF8"
+    peer = Peer({"EHLO": ehlo})
+    try:
+        r = send(peer_conf(peer), "-f", "a@example.net", "bob@example.org")
+        assert r.returncode == 0, r.stderr
+    finally:
+        peer.close()
+    assert peer.commands[1] == f"MAIL FROM:<a@example.net> SIZE={len(peer.data)}"
+    assert len(peer.data) == 22                          # 19 bytes, 3 CRs added
+
+
 def test_send_default_sender_and_any_address(peer_conf):
     peer = Peer(host="127.0.0.1")
     try:
