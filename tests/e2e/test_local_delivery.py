@@ -299,12 +299,12 @@ def test_smtp_to_maildir(mail_daemon):
 def test_carrier_send_to_maildir(mail_daemon):
     d = mail_daemon
     r = d.carrier("send", "-c", str(d.conf_path), "-f", "alice@example.net", "bob@localhost",
-                  input="Subject: via carrier send\n\n.dot line\n")
+                  input="Subject: via carrier send\n\n.dot line\ncaf\u00e9\n")
     assert r.returncode == 0, r.stderr
     qid = r.stdout.strip()
     assert len(qid) >= 10
     files = _wait_files(d, "bob", 1)
-    assert ".dot line\n" in files[0].read_text()
+    assert ".dot line\ncaf\u00e9\n" in files[0].read_text()
     assert any(e["fields"]["qid"] == qid for e in d.wait_event("LOCAL_DELIVERED"))
 
 
