@@ -75,6 +75,10 @@ static void escape_into(struct out *o, const char *s, size_t max)
 	const unsigned char *u = (const unsigned char *)s;
 	size_t n = strnlen(s, max);
 
+	/* A cut value ends on a character boundary, not inside a sequence. */
+	if (n == max)
+		while (n > 0 && (u[n] & 0xc0) == 0x80)
+			n--;
 	for (size_t i = 0; i < n;) {
 		unsigned char c = u[i];
 		size_t seq;
