@@ -277,3 +277,17 @@ def test_metrics_endpoint(make_daemon):
         with pytest.raises(urllib.error.HTTPError) as e:
             scrape(port, path)
         assert e.value.code == 404
+
+
+def test_stats_after_kill_shows_the_last_counters(daemon):
+    send_one(daemon)
+    wait_for(lambda: stats(daemon)[0]["counters"]["connections_in"] >= 1, what="a connection")
+    pid = daemon.proc.pid
+    daemon.kill()                   # SIGKILL: the block stays behind
+    snap, r = stats(daemon)
+    assert snap["source"] == "stale_shared_memory", snap
+    assert f"carrierd (pid {pid}) is not running" in snap["note"]
+    assert snap["counters"]["connections_in"] >= 1
+    r = daemon.carrier("stats", "-c", str(daemon.conf_path))
+    assert r.returncode == 0
+    assert r.stdout.startswith(f"note: carrierd (pid {pid}) is not running"), r.stdout
