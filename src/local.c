@@ -635,6 +635,24 @@ static int deliver_message(struct local *l, const struct local_cfg *cfg,
 	return 0;
 }
 
+static int qid_cmp(const void *a, const void *b)
+{
+	return strcmp(a, b);
+}
+
+/* Sorts and removes repeats (a qid kicked twice must not be delivered by
+ * two threads at once); returns the new count. */
+static size_t qids_unique(char (*q)[SPOOL_QID_SIZE], size_t n)
+{
+	size_t k = 0;
+
+	qsort(q, n, sizeof *q, qid_cmp);
+	for (size_t i = 0; i < n; i++)
+		if (k == 0 || strcmp(q[k - 1], q[i]) != 0)
+			memmove(q[k++], q[i], SPOOL_QID_SIZE);
+	return k;
+}
+
 /* Keeps the earlier of two deadlines (0 = none). */
 static void merge_due(int64_t *due, int64_t t)
 {
@@ -671,7 +689,7 @@ static bool run_scan(struct local *l, int64_t *next_due,
 	retry_unrecorded(l);
 	if (qids != NULL) {
 		s.qids = qids;
-		s.n = s.cap = n_qids;
+		s.n = s.cap = qids_unique(qids, n_qids);
 		s.next_due = *next_due;
 	} else {
 		rc = spool_foreach_pending(l->spool, scan_cb, &s, err, sizeof err);
