@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <event2/event.h>
 
@@ -32,6 +33,7 @@ struct route_table {
 	struct route_space *spaces;
 	size_t n;
 	struct evlog *log;
+	char myname[DNS_NAME_MAX + 1];  /* server.hostname: MX loop detection */
 };
 
 const char *route_kind_name(enum route_kind kind)
@@ -361,6 +363,14 @@ struct route_table *route_table_new(const struct carrier_conf *conf, struct conf
 
 	if (t == NULL)
 		return NULL;
+	if (conf->hostname && conf->hostname[0])
+		snprintf(t->myname, sizeof t->myname, "%s", conf->hostname);
+	else if (gethostname(t->myname, sizeof t->myname) != 0)
+		t->myname[0] = '\0';
+	t->myname[sizeof t->myname - 1] = '\0';
+	lower(t->myname);
+	if (t->myname[0] && t->myname[strlen(t->myname) - 1] == '.')
+		t->myname[strlen(t->myname) - 1] = '\0';
 	bad = add_conf_routes(t, conf, errs);
 	if (bad != 0) {
 		route_table_free(&t);
@@ -490,6 +500,7 @@ struct route_slot {
 
 struct route_req {
 	struct evlog *log;
+	char myname[DNS_NAME_MAX + 1];
 	struct dns *dns;
 	route_resolved_cb cb;
 	void *arg;
@@ -564,13 +575,60 @@ static void req_finish(struct route_req *rq)
 	free(rq);
 }
 
+/*
+ * RFC 5321 5.1: when this host is one of the exchangers, only those more
+ * preferred than it may be tried (the others would send the mail back
+ * here); none left means the mail loops (Postfix: "mail for X loops back
+ * to myself"), a permanent failure.
+ */
+static void prune_self(struct dns_hops *h, const char *myname)
+{
+	unsigned mine = UINT32_MAX;
+	size_t o = 0;
+
+	if (myname[0] == '\0' || h->implicit_mx || h->status != DNS_OK)
+		return;
+	for (size_t i = 0; i < h->n_hosts; i++)
+		if (strcmp(h->hosts[i].name, myname) == 0 && h->hosts[i].pref < mine)
+			mine = h->hosts[i].pref;
+	if (mine == UINT32_MAX)
+		return;
+	for (size_t i = 0; i < h->n_hosts; i++)
+		if (h->hosts[i].pref < mine)
+			h->hosts[o++] = h->hosts[i];
+	h->n_hosts = o;
+	for (size_t i = 0; i < o; i++)
+		if (h->hosts[i].n_addrs > 0)
+			return;
+	if (o == 0) {
+		h->status = DNS_PERMFAIL;
+		snprintf(h->reason, sizeof h->reason,
+			 "mail for %s loops back to myself (%s is its best MX)", h->name, myname);
+		return;
+	}
+	h->status = DNS_PERMFAIL;
+	for (size_t i = 0; i < o; i++)
+		if (h->hosts[i].status == DNS_TEMPFAIL)
+			h->status = DNS_TEMPFAIL;
+	snprintf(h->reason, sizeof h->reason,
+		 "%s: no exchanger more preferred than myself (%s) has an address", h->name, myname);
+}
+
 static void on_hops(const struct dns_hops *h, void *arg)
 {
 	struct route_slot *sl = arg;
 	struct route_req *rq = sl->req;
+	struct dns_hops *copy = malloc(sizeof *copy);
 
 	sl->dreq = NULL;
+	if (copy != NULL) {
+		*copy = *h;
+		if (rq->res->targets[sl->i].route.kind == ROUTE_MX)
+			prune_self(copy, rq->myname);
+		h = copy;
+	}
 	target_fill(&rq->res->targets[sl->i], h);
+	free(copy);
 	if (--rq->pending == 0)
 		req_finish(rq);
 }
@@ -641,6 +699,8 @@ struct route_req *route_resolve_async(struct route_table *t, struct dns *dns,
 		return NULL;
 	}
 	rq->log = t ? t->log : NULL;
+	if (t)
+		memcpy(rq->myname, t->myname, sizeof rq->myname);
 	rq->dns = dns;
 	rq->cb = cb;
 	rq->arg = arg;

@@ -146,7 +146,10 @@ typedef void (*route_resolved_cb)(struct route_resolution *res, void *arg);
 /*
  * Resolves every route of `d` (copied; `d` may be freed on return) in
  * parallel: smtp:[host] by A/AAAA (a literal without a query), mx by RFC
- * 5321 5.1 (dns_resolve_mail), lmtp:[host]:port by A/AAAA.  Returns a
+ * 5321 5.1 (dns_resolve_mail), lmtp:[host]:port by A/AAAA.  When this host
+ * (server.hostname, or the system's name) is among the exchangers, only
+ * the more preferred ones are kept; none left is DNS_PERMFAIL "mail for D
+ * loops back to myself".  Returns a
  * handle, or NULL with err (out of memory); then cb never runs.  Otherwise
  * cb runs once, later, on the loop thread, unless the handle is cancelled.
  * The table is not used after the call returns.

@@ -44,9 +44,9 @@ def dns():
 
 @pytest.fixture
 def conf(dns, workdir):
-    def write(extra=""):
+    def write(extra="", hostname="carrier.test.example"):
         path = workdir / "carrier.conf"
-        path.write_text(f"[server]\nlocal_domains = local.example\n"
+        path.write_text(f"[server]\nlocal_domains = local.example\nhostname = {hostname}\n"
                         f"[local]\nmaildir = {workdir}/mail\n"
                         f"[dns]\nforwarder = {dns.forwarder}\n{extra}")
         return path
@@ -135,6 +135,28 @@ def test_dead_exchanger_skipped(conf):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "host gone.example (MX 10): no such domain" in r.stdout
     assert tries(r.stdout) == [("mx2.multi.example", "127.0.0.12:25")]
+
+
+def test_mx_loop_to_myself(conf):
+    # We are mx2: only the more preferred mx1 may take the mail.
+    r = route(conf(hostname="MX2.multi.example"), "--dns", "user@multi.example")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [h for h, _ in tries(r.stdout)] == ["mx1.multi.example"] * 2, r.stdout
+    # We are the best MX of a domain that is not local: a loop, permanent.
+    r = route(conf(hostname="mx1.multi.example"), "--dns", "user@multi.example")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "loops back to myself" in r.stdout
+    assert tries(r.stdout) == []
+
+
+def test_failover_past_a_timeout(conf):
+    path = conf("[route multi.example]\nvia = smtp:[host.slow.example]\ncost = 1\n"
+                "[route multi.example]\nvia = smtp:[relay.example]\ncost = 2\n")
+    r = route(path, "--dns", "--timeout", "1", "user@multi.example")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "route 1: smtp:[host.slow.example]:25: temporary failure" in r.stdout
+    assert tries(r.stdout) == [("relay.example", "127.0.0.30:25")]
+    assert "result: deliverable by route 2 (smtp:[relay.example]:25)" in r.stdout
 
 
 def test_routes_by_cost_with_failover(conf):
