@@ -30,6 +30,7 @@
 #include "schedule.h"
 #include "smtp_client.h"
 #include "spool.h"
+#include "track.h"
 
 #define SCAN_CHUNK 16384          /* index entries handed over per job */
 #define RESCAN_SECS 1800          /* safety walk of the spool */
@@ -264,7 +265,7 @@ struct rstate {
 	/* results */
 	enum spool_rcpt_state fin;
 	int64_t next;
-	bool expired, warn, warned, notified;
+	bool expired, warn, warned, notified, counted;
 };
 
 struct hop;
@@ -282,6 +283,7 @@ struct dgroup {
 	struct hop *hop;          /* held while a job runs or is about to */
 	size_t *job_idx;          /* recipients of the running job */
 	size_t job_n;
+	struct counters_hop *hop_ctr;  /* counters of the route being tried */
 };
 
 struct dmsg {
@@ -293,6 +295,7 @@ struct dmsg {
 	struct dgroup *groups;
 	size_t groups_left;
 	size_t notify_left;
+	char bounce_qid[SPOOL_QID_SIZE];   /* the failure report, "" = none */
 };
 
 struct hop {
@@ -344,6 +347,7 @@ struct delivery {
 	struct event_base *base;
 	struct evlog *log;
 	struct counters *ctr;
+	struct track *track;
 	struct spool *spool;
 	struct route_table *routes;
 	struct dns *dns;
@@ -382,8 +386,10 @@ static void msg_results(struct dmsg *m);
 
 static void count(struct delivery *d, enum counters_id id)
 {
-	if (d->ctr != NULL)
-		counters_add(counters_block(d->ctr), id, 1);
+	struct counters_shm *b = d->ctr ? counters_block(d->ctr) : NULL;
+
+	if (b != NULL)
+		counters_add(b, id, 1);
 }
 
 static int64_t now_s(void)
@@ -859,6 +865,21 @@ static int group_job_rcpts(struct dgroup *g)
 	return 0;
 }
 
+/* Tracking record of one attempt of g's running job. */
+static void track_job(struct dgroup *g, const char *nexthop, const char *addr,
+		      const char *reply)
+{
+	struct delivery *d = g->m->d;
+	const char **rcpts;
+
+	if (d->track == NULL || (rcpts = calloc(g->job_n + 1, sizeof *rcpts)) == NULL)
+		return;
+	for (size_t k = 0; k < g->job_n; k++)
+		rcpts[k] = g->m->env->rcpts[g->job_idx[k]].addr;
+	track_attempt(d->track, g->m->env->qid, rcpts, g->job_n, nexthop, addr, reply);
+	free(rcpts);
+}
+
 static void start_maildir(struct dgroup *g, const struct route *r)
 {
 	struct delivery *d = g->m->d;
@@ -889,6 +910,7 @@ static void maildir_done(struct delivery *d, struct wjob *j)
 	bool all_temp = true;
 
 	hop_release(g);
+	track_job(g, r->key, "", j->mtext[0]);
 	for (size_t k = 0; k < g->job_n; k++) {
 		struct rstate *rs = &g->m->rs[g->job_idx[k]];
 		enum maildir_result mr = j->mres[k];
@@ -914,6 +936,18 @@ static void smtp_done(void *arg, const struct smtp_client_result *res)
 	char reason[SMTP_CLIENT_TEXT_MAX + SMTP_CLIENT_HOST_MAX + 8];
 
 	hop_release(g);
+	if (res->n_rcpts > 0) {
+		char first[SMTP_CLIENT_TEXT_MAX + 32];
+
+		snprintf(first, sizeof first, "%u%s%s %s", res->rcpts[0].code,
+			 res->rcpts[0].enhanced[0] ? " " : "", res->rcpts[0].enhanced,
+			 res->rcpts[0].text);
+		track_job(g, r->key, res->addr, first);
+	}
+	/* Each destination that failed before MAIL is a failed connection. */
+	for (size_t k = 0; k < res->n_attempts; k++)
+		counters_conn_out_failed(g->m->d->ctr, g->hop_ctr, res->attempts[k].reason,
+					 now_s());
 	for (size_t k = 0; k < g->job_n && k < res->n_rcpts; k++) {
 		struct rstate *rs = &g->m->rs[g->job_idx[k]];
 		const struct smtp_client_rcpt_result *rr = &res->rcpts[k];
@@ -1035,11 +1069,13 @@ static void group_route(struct dgroup *g)
 		case ROUTE_MAILDIR:
 			if (g->hop == NULL && !hop_acquire(g, r))
 				return;
+			g->hop_ctr = counters_hop(g->m->d->ctr, r->key);
 			start_maildir(g, r);
 			return;
 		case ROUTE_LMTP_UNIX:
 			if (g->hop == NULL && !hop_acquire(g, r))
 				return;
+			g->hop_ctr = counters_hop(g->m->d->ctr, r->key);
 			start_smtp(g, r, t);
 			return;
 		case ROUTE_SMTP:
@@ -1072,6 +1108,7 @@ static void group_route(struct dgroup *g)
 		}
 		if (g->hop == NULL && !hop_acquire(g, r))
 			return;
+		g->hop_ctr = counters_hop(g->m->d->ctr, r->key);
 		start_smtp(g, r, t);
 		return;
 	}
@@ -1256,6 +1293,9 @@ static void msg_start(struct dmsg *m)
 			m->rs[i].st = RS_TEMP;
 			of[i] = NULL;
 		}
+		if (of[i] != NULL && of[i]->dec->n > 0)
+			track_routed(m->d->track, env->qid, r->addr, of[i]->dec->space,
+				     of[i]->dec->routes[0].key, of[i]->dec->routes[0].cost);
 		any = true;
 	}
 	free(of);
@@ -1335,7 +1375,7 @@ static void emit_result(struct delivery *d, struct dmsg *m, size_t i, const char
 		evlog_emit(d->log, EV_DELIVERY_DELIVERED, EVF_S("qid", env->qid),
 			   EVF_S("rcpt", env->rcpts[i].addr), EVF_S("hop", hop),
 			   EVF_S("relay", r->host[0] ? r->host : hop), EVF_S("reply", reply));
-		count(d, COUNTER_MSG_DELIVERED);
+		track_delivered(d->track, env->qid, env->rcpts[i].addr, hop, reply);
 		d->st.delivered++;
 		break;
 	case SPOOL_RCPT_DEFERRED:
@@ -1343,25 +1383,68 @@ static void emit_result(struct delivery *d, struct dmsg *m, size_t i, const char
 			   EVF_S("rcpt", env->rcpts[i].addr), EVF_S("hop", hop),
 			   EVF_I("attempt", env->rcpts[i].attempts + 1),
 			   EVF_I("delay", r->next - m->now), EVF_S("reply", reply));
-		count(d, COUNTER_MSG_DEFERRED);
+		track_deferred(d->track, env->qid, env->rcpts[i].addr, reply, (time_t)r->next);
 		d->st.deferred++;
 		break;
 	case SPOOL_RCPT_FAILED:
-		if (r->expired)
+		if (r->expired) {
 			evlog_emit(d->log, EV_DELIVERY_EXPIRED, EVF_S("qid", env->qid),
 				   EVF_S("rcpt", env->rcpts[i].addr),
 				   EVF_I("age", m->now - env->arrival),
 				   EVF_I("lifetime", d->cfg.pol.lifetime), EVF_S("reply", reply));
-		else
+			track_expired(d->track, env->qid, env->rcpts[i].addr, reply);
+			count(d, COUNTER_RCPT_EXPIRED);
+		} else
 			evlog_emit(d->log, EV_DELIVERY_BOUNCED, EVF_S("qid", env->qid),
 				   EVF_S("rcpt", env->rcpts[i].addr), EVF_S("hop", hop),
 				   EVF_S("reply", reply));
-		count(d, COUNTER_MSG_BOUNCED);
+		track_bounced(d->track, env->qid, env->rcpts[i].addr, reply,
+			      r->notified ? m->bounce_qid : NULL);
 		d->st.failed++;
 		break;
 	case SPOOL_RCPT_QUEUED:
 		break;
 	}
+}
+
+/* Counters, per message and next hop as counters.h asks: one call per
+ * (hop, outcome) with its number of recipients. */
+static void count_results(struct delivery *d, struct dmsg *m)
+{
+	const struct spool_envelope *env = m->env;
+	bool expired = false;
+
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		struct rstate *r = &m->rs[i];
+		struct counters_hop *h;
+		unsigned n = 0;
+		char reply[REPLY_MAX];
+
+		if (r->st == RS_SKIP || r->counted)
+			continue;
+		for (size_t k = i; k < env->n_rcpts; k++) {
+			struct rstate *o = &m->rs[k];
+
+			if (o->st != RS_SKIP && !o->counted && o->fin == r->fin &&
+			    (o->hop == r->hop || (o->hop && r->hop && !strcmp(o->hop, r->hop)))) {
+				o->counted = true;
+				n++;
+			}
+		}
+		expired |= r->expired;
+		h = counters_hop(d->ctr, r->hop ? r->hop : "none");
+		reply_of(r, reply, sizeof reply);
+		if (r->fin == SPOOL_RCPT_DELIVERED)
+			counters_out_delivered(d->ctr, h, n, env->size);
+		else if (r->fin == SPOOL_RCPT_DEFERRED)
+			counters_out_deferred(d->ctr, h, n, reply, m->now);
+		else if (r->fin == SPOOL_RCPT_FAILED)
+			counters_out_bounced(d->ctr, h, n, reply, m->now);
+		if (r->fin == SPOOL_RCPT_DEFERRED)
+			counters_hop_set_next_retry(h, r->next);
+	}
+	if (expired)
+		count(d, COUNTER_MSG_EXPIRED);
 }
 
 static const char *state_name(enum spool_rcpt_state s)
@@ -1415,6 +1498,7 @@ static void msg_record(struct dmsg *m)
 			failed = true;
 		}
 	}
+	count_results(d, m);
 	if (failed) {
 		/* Attempted again later; a delivered recipient may be
 		 * delivered twice (logged above). */
@@ -1460,6 +1544,9 @@ static void notify_done(struct delivery *d, struct wjob *j)
 		}
 	} else {
 		index_add(d, j->dsn_qid, 0);
+		track_queued(d->track, j->dsn_qid, "dsn", "", 1);
+		if (j->kind == DSN_FAILURE)
+			memcpy(m->bounce_qid, j->dsn_qid, SPOOL_QID_SIZE);
 		if (j->dbl)
 			evlog_emit(d->log, EV_DELIVERY_DOUBLE_BOUNCE_SENT, EVF_S("qid", m->env->qid),
 				   EVF_I("rcpts", j->n_d), EVF_S("dsn_qid", j->dsn_qid),
@@ -1872,6 +1959,12 @@ void delivery_set_conf(struct delivery *d, const struct carrier_conf *conf,
 	 * its schedule (nothing is re-bounced or lost, only re-routed when
 	 * its time comes). */
 	pump(d);
+}
+
+void delivery_set_track(struct delivery *d, struct track *t)
+{
+	if (d != NULL)
+		d->track = t;
 }
 
 void delivery_get_stats(const struct delivery *d, struct delivery_stats *st_r)

@@ -56,6 +56,7 @@ struct counters;
 struct spool;
 struct route_table;
 struct dns;
+struct track;
 
 #define DELIVERY_WARNED_MARK " [delay warning sent]"
 
@@ -88,6 +89,11 @@ void delivery_kick_qid(struct delivery *d, const char *qid);
  */
 void delivery_set_conf(struct delivery *d, const struct carrier_conf *conf,
 		       struct route_table *routes);
+
+/* Tracking log for routed/attempt/delivered/deferred/bounced/expired and
+ * the queued reports (origin "dsn"); NULL (the default) = none.  `t` must
+ * outlive the runner. */
+void delivery_set_track(struct delivery *d, struct track *t);
 
 struct delivery_stats {
 	size_t indexed;        /* pending messages known */

@@ -19,6 +19,7 @@
 #include "test_util.h"
 
 #include "conf.h"
+#include "counters.h"
 #include "delivery.h"
 #include "evlog.h"
 #include "route.h"
@@ -32,6 +33,7 @@ struct fx {
 	struct spool *spool;
 	struct carrier_conf *conf;
 	struct route_table *routes;
+	struct counters *ctr;
 	struct delivery *d;
 };
 
@@ -85,7 +87,7 @@ static void fx_start(struct fx *f)
 {
 	char err[512];
 
-	f->d = delivery_new(f->base, f->conf, f->log, NULL, f->spool, f->routes, NULL,
+	f->d = delivery_new(f->base, f->conf, f->log, f->ctr, f->spool, f->routes, NULL,
 			    err, sizeof err);
 	if (f->d == NULL)
 		fail_msg("delivery_new: %s", err);
@@ -95,6 +97,7 @@ static void fx_free(struct fx *f)
 {
 	delivery_free(&f->d);
 	spool_close(&f->spool);
+	counters_close(&f->ctr, true);
 	/* Results queued before the close arrive now. */
 	event_base_loop(f->base, EVLOOP_NONBLOCK);
 	route_table_free(&f->routes);
@@ -233,8 +236,12 @@ static void test_delivery_routes_and_bounce(void **state)
 {
 	struct fx *f = fx_new("");
 	const char *rcpts[] = { "user@local.test", "x@discard.test", "y@reject.test", NULL };
-	char *box;
+	char *box, shm[64];
+	struct counters_shm *cb;
 
+	snprintf(shm, sizeof shm, "/carrier-test-delivery-%d", (int)getpid());
+	f->ctr = counters_open(shm, NULL);
+	assert_non_null(f->ctr);
 	queue(f, "sender@local.test", rcpts, NULL, 0);
 	fx_start(f);
 	assert_true(run_until(f, queue_empty, 10000));
@@ -253,6 +260,12 @@ static void test_delivery_routes_and_bounce(void **state)
 	assert_int_equal(evcount(f, EV_DELIVERY_BOUNCED), 1);
 	assert_int_equal(evcount(f, EV_DELIVERY_NOTIFY_QUEUED), 1);
 	assert_int_equal(evcount(f, EV_DELIVERY_INDEX_READY), 1);
+	cb = counters_block(f->ctr);
+	assert_int_equal(cb->v[COUNTER_RCPT_DELIVERED], 3);
+	assert_int_equal(cb->v[COUNTER_RCPT_BOUNCED], 1);
+	assert_int_equal(cb->v[COUNTER_MSG_BOUNCED], 1);
+	assert_non_null(counters_hop(f->ctr, "reject"));
+	assert_int_equal(counters_hop(f->ctr, "reject")->f[HOP_MSG_BOUNCED], 1);
 	fx_free(f);
 }
 
