@@ -864,6 +864,29 @@ static void session_check(struct smtp_session *s)
 	}
 }
 
+/* A command line must be complete within command_timeout of its first
+ * byte: reads reset the bufferevent's timeout, so without this a client
+ * trickling one byte at a time could hold a session indefinitely. */
+static void line_deadline(struct smtp_session *s, struct evbuffer *in)
+{
+	int64_t now;
+
+	if (s->mode != SMTP_MODE_COMMAND || evbuffer_get_length(in) == 0) {
+		s->line_since = 0;
+		return;
+	}
+	now = (int64_t)time(NULL);
+	if (s->line_since == 0) {
+		s->line_since = now;
+	} else if (now - s->line_since >= (int64_t)conf_of(s)->command_timeout) {
+		evlog_emit(s->srv->log, EV_SMTP_IN_TIMEOUT, EVF_S("client", s->addr),
+			   EVF_I("seconds", conf_of(s)->command_timeout),
+			   EVF_S("waiting", "the end of a command line"));
+		txn_end(s);
+		close_after(s, 421, "4.4.2", "Timeout, closing transmission channel");
+	}
+}
+
 /* Processes every complete command in the input, in order, until the input
  * runs dry or the session pauses or closes. */
 static void session_process(struct smtp_session *s)
@@ -903,6 +926,7 @@ static void session_process(struct smtp_session *s)
 		}
 		session_check(s);
 	}
+	line_deadline(s, in);
 	session_update_io(s);
 }
 

@@ -77,6 +77,7 @@ struct smtp_session {
 	union smtp_peer peer;
 	uint64_t skip;                     /* refused BDAT bytes left */
 	int64_t linger_until;              /* unix seconds */
+	int64_t line_since;                /* first byte of a partial line, or 0 */
 	const char *close_reason;          /* static text, for the event */
 	unsigned errors;
 	unsigned messages;

@@ -899,3 +899,26 @@ def test_delivered_copy_has_one_received_header(srv):
                      rb"\tby mx\.test\.example \(carrier\) with ESMTP id " + qid.encode() +
                      rb"\r?\n\tfor <rcv@localhost>;\r?\n\t\w{3}, \d{2} \w{3} \d{4} "
                      rb"\d\d:\d\d:\d\d \+0000\r?\n", text), text
+
+
+def test_trickling_command_line_times_out(mk):
+    """Reads reset the read timeout; a line must still end in time."""
+    import select
+    d = mk("[smtp]\ncommand_timeout = 2s\n")
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=15)
+    assert s.recv(4096).startswith(b"220")
+    t0 = time.time()
+    got = b""
+    for ch in b"NOOP and some more text that never ends":
+        try:
+            s.sendall(bytes([ch]))
+        except OSError:
+            break
+        r, _, _ = select.select([s], [], [], 0.25)
+        if r:
+            got = s.recv(4096)
+            break
+    assert got.startswith(b"421 4.4.2"), got
+    assert time.time() - t0 < 6
+    s.close()
+    assert_alive(d)
