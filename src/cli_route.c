@@ -138,10 +138,17 @@ static void print_target(size_t i, const struct route_target *tg, size_t *n_trie
 		printf("  no MX for %s: its own A/AAAA (RFC 5321 5.1)\n", h->name);
 	if (strcmp(h->canonname, h->name) != 0 && h->canonname[0])
 		printf("  %s is an alias (CNAME) of %s\n", h->name, h->canonname);
-	for (size_t k = 0; k < h->n_hosts; k++)
-		if (h->hosts[k].n_addrs == 0)
-			printf("  host %s (MX %u): %s: %s\n", h->hosts[k].name, h->hosts[k].pref,
-			       dns_status_name(h->hosts[k].status), h->hosts[k].reason);
+	for (size_t k = 0; k < h->n_hosts; k++) {
+		const struct dns_host *host = &h->hosts[k];
+		if (host->n_addrs > 0)
+			continue;
+		if (tg->route.kind == ROUTE_MX && !h->implicit_mx)
+			printf("  host %s (MX %u): %s: %s\n", host->name, host->pref,
+			       dns_status_name(host->status), host->reason);
+		else
+			printf("  host %s: %s: %s\n", host->name, dns_status_name(host->status),
+			       host->reason);
+	}
 	for (size_t k = 0; k < tg->n_addrs; k++)
 		print_addr(&tg->addrs[k], (*n_tries)++);
 }
