@@ -729,6 +729,7 @@ static bool input_command(struct smtp_session *s, struct evbuffer *in)
 		return false;
 	session_command(s, (const char *)line, len);
 	evbuffer_drain(in, len);
+	s->line_since = 0;   /* the next line's clock starts now */
 	return true;
 }
 
