@@ -31,6 +31,11 @@ ZONE = [
     "relay.example. A 127.0.0.30",
     "halfdead.example. MX 10 gone.example.",
     "halfdead.example. MX 20 mx2.multi.example.",
+    # Bounds: 12 exchangers (10 kept), one with 6 A and 6 AAAA (8 kept).
+    *[f"many.example. MX {p} mx{p}.many.example." for p in range(1, 13)],
+    *[f"mx{p}.many.example. A 127.0.1.{p}" for p in range(2, 13)],
+    *[f"mx1.many.example. A 127.0.2.{i}" for i in range(1, 7)],
+    *[f"mx1.many.example. AAAA ::ffff:0:{i}" for i in range(1, 7)],
 ]
 
 
@@ -128,6 +133,21 @@ def test_timeout_is_temporary(conf):
     r = route(conf(), "--dns", "--timeout", "1", "user@slowmx.example")
     assert r.returncode == 75, r.stdout + r.stderr
     assert "host host.slow.example (MX 10): temporary failure" in r.stdout
+
+
+def test_bounded_exchangers_and_addresses(conf):
+    r = route(conf(), "--dns", "user@many.example")
+    assert r.returncode == 0, r.stdout + r.stderr
+    t = tries(r.stdout)
+    first = [a for h, a in t if h == "mx1.many.example"]
+    assert len(first) == 8, r.stdout
+    # Families interleave, IPv6 first.
+    assert [a.startswith("[") for a in first] == [True, False] * 4, first
+    hosts = []
+    for h, _ in t:
+        if h not in hosts:
+            hosts.append(h)
+    assert hosts == [f"mx{p}.many.example" for p in range(1, 11)], hosts
 
 
 def test_dead_exchanger_skipped(conf):
