@@ -34,9 +34,11 @@
 #include "conf.h"
 #include "control.h"
 #include "counters.h"
+#include "counters_ctl.h"
 #include "diag.h"
 #include "evlog.h"
 #include "local.h"
+#include "metrics.h"
 #include "smtp_server.h"
 #include "spool.h"
 
@@ -66,6 +68,7 @@ struct daemon {
 	struct control_auth auth;
 	struct smtp_server *smtp;
 	struct local *local;
+	struct metrics *metrics;
 	struct evconnlistener **listeners;
 	size_t n_listeners;
 	struct event *signals[4];
@@ -584,7 +587,15 @@ static void ctl_reload(void *arg, const struct control_call *call, struct contro
 		control_reply_status(rep, 500, "reload refused: the configuration has errors (see the event log); the running one stays");
 }
 
+static void ctl_stats(void *arg, const struct control_call *call, struct control_reply *rep)
+{
+	struct daemon *d = arg;
+
+	counters_control_stats(d->ctr, call, rep);
+}
+
 static const struct control_command ctl_commands[] = {
+	{ "stats", "stats", ctl_stats },
 	{ "status", "status", ctl_status },
 	{ "log-level", "log-level [CATEGORY LEVEL]", ctl_log_level },
 	{ "reload", "reload", ctl_reload },
@@ -826,6 +837,13 @@ static int startup(struct daemon *d)
 		rc = loop_fail(d, "event_base_new failed");
 	if (rc == 0)
 		rc = start_control(d);
+	if (rc == 0 && d->conf->metrics_listen[0]) {
+		char err[512];
+
+		/* Optional: a failure is a warning (logged by metrics_new). */
+		d->metrics = metrics_new(d->base, d->conf->metrics_listen, d->ctr, d->log,
+					 err, sizeof err);
+	}
 	if (rc == 0)
 		rc = pidfile_open(d);
 	if (rc == 0) {
@@ -855,6 +873,7 @@ static void shutdown_daemon(struct daemon *d)
 			event_free(d->signals[i]);
 	if (d->drain_timer)
 		event_free(d->drain_timer);
+	metrics_free(&d->metrics);
 	counters_close(&d->ctr, true);
 	if (d->base)
 		event_base_free(d->base);

@@ -92,6 +92,8 @@ static const struct conf_key conf_keys[] = {
 
 	{ "counters", "shm_name", CT_STRING, OFF(shm_name), "/carrier", 0, 0, "a POSIX shared memory name starting with '/'" },
 
+	{ "metrics", "listen", CT_STRING, OFF(metrics_listen), "", 0, 0, "ADDRESS:PORT for the Prometheus/OpenMetrics endpoint (IPv6 as [ADDRESS]:PORT), or empty for none" },
+
 	{ "delivery", "retry_schedule", CT_DURATIONS, OFF(retry_schedule), "1m, 5m, 15m, 30m, 1h, 2h, 4h", 1, 7 * 86400, "a comma-separated list of durations from 1s to 7d; the last one repeats" },
 	{ "delivery", "max_queue_lifetime", CT_DURATION, OFF(max_queue_lifetime), "5d", 1, 60 * 86400, "a duration from 1s to 60d" },
 	{ "delivery", "delay_warning", CT_DURATION, OFF(delay_warning), "4h", 0, 60 * 86400, "a duration, or 0 for no delay warnings" },
@@ -660,11 +662,11 @@ static void suggest_key(const char *section, const char *name, char *out, size_t
 static void suggest_section(const char *section, char *out, size_t size)
 {
 	static const char *const sections[] = { "server", "smtp", "spool", "local",
-						"log", "control", "counters", "delivery",
+						"log", "control", "counters", "metrics", "delivery",
 						"dns", "route" };
 	size_t best = 3;
 
-	snprintf(out, size, " (expected one of [server], [smtp], [spool], [local], [log], [control], [counters], [delivery], [dns], [route DOMAIN])");
+	snprintf(out, size, " (expected one of [server], [smtp], [spool], [local], [log], [control], [counters], [metrics], [delivery], [dns], [route DOMAIN])");
 	for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
 		size_t d = edit_distance(section, sections[i]);
 

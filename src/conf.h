@@ -108,6 +108,9 @@ struct carrier_conf {
 	/* [counters] */
 	char *shm_name;                 /* POSIX shm object, e.g. "/carrier" */
 
+	/* [metrics] */
+	char *metrics_listen;           /* "" = off; "127.0.0.1:9025" */
+
 	/* [delivery] */
 	unsigned *retry_schedule;       /* seconds between attempts; the last repeats */
 	size_t n_retry_schedule;
