@@ -24,7 +24,7 @@ PKG_LIBS  := $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 WARN      := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
              -Wformat=2 -Wno-unused-parameter -Wvla -Werror
 BASE_CFLAGS := -std=c17 -D_GNU_SOURCE -DCARRIER_VERSION='"$(VERSION)"' \
-             -Isrc $(PKG_CFLAGS) $(WARN)
+             -iquote src $(PKG_CFLAGS) $(WARN)
 CFLAGS    ?= $(OPT) -g
 # gcc warns when snprintf may truncate; bounded truncation is the design.
 GCC_WARN  := $(if $(findstring clang,$(shell $(CC) --version 2>/dev/null)),,-Wno-format-truncation)
