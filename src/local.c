@@ -357,14 +357,23 @@ static void reap_all(struct local *l)
 	pthread_mutex_unlock(&l->pmu);
 }
 
-/* Counts a queued change; a pool thread waits while too many are unanswered
- * (the worker keeps running wbase meanwhile). */
+/* Counts a change about to be queued (before, so its answer never comes
+ * first); a pool thread first waits while too many are unanswered (the
+ * worker keeps running wbase meanwhile). */
 static void inflight_add(struct local *l, bool may_wait)
 {
 	pthread_mutex_lock(&l->pmu);
-	l->inflight++;
 	while (may_wait && l->inflight >= LOCAL_INFLIGHT_MAX)
 		pthread_cond_wait(&l->room_cv, &l->pmu);
+	l->inflight++;
+	pthread_mutex_unlock(&l->pmu);
+}
+
+/* Uncounts a change the spool refused to queue. */
+static void inflight_undo(struct local *l)
+{
+	pthread_mutex_lock(&l->pmu);
+	l->inflight--;
 	pthread_mutex_unlock(&l->pmu);
 }
 
@@ -387,15 +396,20 @@ static int record(struct local *l, const char *qid, size_t index, const char *rc
 		c->reply = reply ? strdup(reply) : NULL;
 		c->rcpt = strdup(rcpt);
 	}
-	if (c == NULL || c->rcpt == NULL || (reply != NULL && c->reply == NULL) ||
-	    spool_rcpt_update_async(l->spool, qid, index, state, reply, next_attempt,
-				    l->wbase, change_done, c, err, sizeof err) < 0) {
+	if (c == NULL || c->rcpt == NULL || (reply != NULL && c->reply == NULL)) {
 		if (c != NULL)
 			change_free(c);
 		record_failed(l, qid, index, rcpt, state, reply, next_attempt, err);
 		return -1;
 	}
 	inflight_add(l, true);
+	if (spool_rcpt_update_async(l->spool, qid, index, state, reply, next_attempt,
+				    l->wbase, change_done, c, err, sizeof err) < 0) {
+		inflight_undo(l);
+		change_free(c);
+		record_failed(l, qid, index, rcpt, state, reply, next_attempt, err);
+		return -1;
+	}
 	return 0;
 }
 
@@ -408,13 +422,15 @@ static void remove_async(struct local *l, const char *qid, bool may_wait)
 		c->l = l;
 		c->remove = true;
 	}
-	if (c == NULL || spool_remove_async(l->spool, qid, l->wbase, change_done, c,
-					    err, sizeof err) < 0) {
+	if (c != NULL) {
+		inflight_add(l, may_wait);
+		if (spool_remove_async(l->spool, qid, l->wbase, change_done, c,
+				       err, sizeof err) == 0)
+			return;
+		inflight_undo(l);
 		free(c);
-		evlog_emit(l->log, EV_LOCAL_SPOOL_FAILED, EVF_S("reason", err));
-		return;
 	}
-	inflight_add(l, may_wait);
+	evlog_emit(l->log, EV_LOCAL_SPOOL_FAILED, EVF_S("reason", err));
 }
 
 /* Removes qid when all its recipients are final (after a late record). */
