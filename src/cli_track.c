@@ -612,7 +612,7 @@ static void print_rcpt_list(FILE *out, const struct track_rec *rec)
 	if (f == NULL || f->type != TRACK_V_ARRAY)
 		return;
 	for (size_t i = 0; i < f->n; i++)
-		print_addr(out, i ? "," : " ", rec->items[f->first + i]);
+		print_addr(out, i ? "," : "", rec->items[f->first + i]);
 	if ((long long)f->n < track_rec_int(rec, "nrcpts", 0))
 		fprintf(out, ",... (%lld in all)", track_rec_int(rec, "nrcpts", 0));
 }
@@ -636,6 +636,8 @@ static void print_next(FILE *out, const char *next, const char *ts)
 
 static void print_received(FILE *out, const struct track_rec *rec)
 {
+	const char *msgid;
+
 	print_addr(out, "from ", track_rec_str(rec, "from"));
 	print_kv(out, " via ", track_rec_str(rec, "client"));
 	print_kv(out, " [helo ", track_rec_str(rec, "helo"));
@@ -643,7 +645,8 @@ static void print_received(FILE *out, const struct track_rec *rec)
 	if (track_rec_str(rec, "auth") != NULL)
 		print_kv(out, " auth ", track_rec_str(rec, "auth"));
 	fprintf(out, " size %lld", track_rec_int(rec, "size", 0));
-	print_kv(out, " msgid ", track_rec_str(rec, "msgid"));
+	msgid = track_rec_str(rec, "msgid");
+	print_kv(out, " msgid ", msgid != NULL && *msgid ? msgid : "none");
 	fprintf(out, " rcpts %lld", track_rec_int(rec, "nrcpts", 0));
 }
 
