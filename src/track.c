@@ -142,6 +142,7 @@ static void track_prune(struct track *t, int64_t today)
 static int open_day(struct track *t, int64_t day)
 {
 	char path[PATH_MAX];
+	struct stat st;
 	int fd;
 
 	if (t->fd >= 0 && t->fd_day == day)
@@ -150,9 +151,16 @@ static int open_day(struct track *t, int64_t day)
 		close(t->fd);
 	t->fd = -1;
 	file_path(t, day, path, sizeof path);
-	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0640);
+	/* O_NONBLOCK: a FIFO put in the directory must not hang the writer. */
+	fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK,
+		  0640);
 	if (fd < 0)
 		return -1;
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		errno = EINVAL;         /* "Invalid argument": not a regular file */
+		return -1;
+	}
 	t->fd = fd;
 	t->fd_day = day;
 	evlog_emit(t->evlog, EV_TRACK_FILE_OPENED, EVF_S("path", path));

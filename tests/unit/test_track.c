@@ -5,6 +5,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -518,6 +519,93 @@ static void test_file_names(void **state)
 	assert_int_equal(track_file_day("x"), -1);
 }
 
+struct writer_arg {
+	struct track *t;
+	int id;
+};
+
+static void *write_many(void *arg)
+{
+	struct writer_arg *w = arg;
+	char qid[32], rcpt[64];
+
+	for (int i = 0; i < 2000; i++) {
+		snprintf(qid, sizeof qid, "T%d-%d", w->id, i);
+		snprintf(rcpt, sizeof rcpt, "r%d@example.org", i);
+		track_delivered(w->t, qid, rcpt, "smtp:[192.0.2.1]:25", "250 2.0.0 Ok");
+	}
+	return NULL;
+}
+
+/* Loop, spool and delivery threads record at once: every line is whole. */
+static void test_concurrent_writers(void **state)
+{
+	struct fake_clock clk = { T0 };
+	char *dir = make_dir(), err[256], path[4096], *text;
+	struct track *t = track_new_clock(dir, 30, NULL, fake_now, &clk, err, sizeof err);
+	pthread_t th[4];
+	struct writer_arg args[4];
+	size_t lines = 0;
+
+	(void)state;
+	assert_non_null(t);
+	for (int i = 0; i < 4; i++) {
+		args[i] = (struct writer_arg){ t, i };
+		assert_int_equal(pthread_create(&th[i], NULL, write_many, &args[i]), 0);
+	}
+	for (int i = 0; i < 4; i++)
+		pthread_join(th[i], NULL);
+	track_free(&t);         /* flushes */
+
+	day_path(path, sizeof path, dir, T0);
+	text = test_read_file(path);
+	assert_non_null(text);
+	for (char *line = text, *nl; (nl = strchr(line, '\n')) != NULL; line = nl + 1) {
+		struct track_rec rec;
+
+		if (track_line_parse(line, (size_t)(nl - line), &rec, err, sizeof err) < 0)
+			fail_msg("line %zu does not parse: %s", lines + 1, err);
+		assert_string_equal(track_rec_str(&rec, "type"), "delivered");
+		track_line_clear(&rec);
+		lines++;
+	}
+	assert_int_equal(lines, 8000);
+	free(text);
+	remove_dir(dir);
+	free(dir);
+}
+
+static void test_fifo_does_not_hang(void **state)
+{
+	struct fake_clock clk = { T0 };
+	char *dir = make_dir(), err[256], path[4096];
+	struct evlog *log = evlog_new("test");
+	struct track *t;
+
+	(void)state;
+	day_path(path, sizeof path, dir, T0);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	t = track_new_clock(dir, 30, log, fake_now, &clk, err, sizeof err);
+	assert_null(t);
+	assert_contains(err, "track-2026-11-24.jsonl");   /* ENXIO: no reader */
+	unlink(path);
+
+	/* Same when it appears later, at the day change. */
+	t = track_new_clock(dir, 30, log, fake_now, &clk, err, sizeof err);
+	assert_non_null(t);
+	day_path(path, sizeof path, dir, T0 + DAY_MS);
+	assert_int_equal(mkfifo(path, 0600), 0);
+	clk.ms += DAY_MS;
+	track_queued(t, "QF", "smtp", "", 1);
+	track_flush(t);
+	assert_int_equal(evlog_count(log, EV_TRACK_WRITE_FAILED), 1);
+	assert_int_equal(track_lost(t), 1);
+	track_free(&t);
+	evlog_free(&log);
+	remove_dir(dir);
+	free(dir);
+}
+
 /* ---- parser ------------------------------------------------------------ */
 
 struct parse_case {
@@ -639,6 +727,8 @@ int main(void)
 		cmocka_unit_test(test_many_recipients_fit_one_line),
 		cmocka_unit_test(test_write_error_is_an_event),
 		cmocka_unit_test(test_unusable_directory),
+		cmocka_unit_test(test_concurrent_writers),
+		cmocka_unit_test(test_fifo_does_not_hang),
 		cmocka_unit_test(test_file_names),
 		cmocka_unit_test(test_parse_table),
 		cmocka_unit_test(test_parse_values),
