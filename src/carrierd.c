@@ -780,7 +780,7 @@ static void message_queued(void *arg, const char *qid)
 {
 	struct daemon *d = arg;
 
-	local_kick(d->local);
+	local_kick_qid(d->local, qid);
 }
 
 static int start_serving(struct daemon *d, int *fds)
