@@ -138,7 +138,8 @@ static void track_usage(FILE *out)
 		"  --since TIME      records at or after TIME\n"
 		"  --until TIME      records before TIME\n"
 		"\n"
-		"TIME is UTC: 2026-11-24, 2026-11-24T13:02[:11][Z], '2026-11-24 13:02',\n"
+		"TIME is UTC unless it says otherwise: 2026-11-24, 2026-11-24T13:02[:11[.123]],\n"
+		"'2026-11-24 13:02', 2026-11-24T14:02:11+01:00, "
 		"now, or relative to now: -30s, -15m, -2h, -7d, -1w.  A date alone as\n"
 		"--until means the end of that day.\n"
 		"\n"
@@ -184,8 +185,9 @@ static int parse_relative(const char *s, int64_t now, int64_t *ms_r)
  */
 static int parse_time(const char *s, int64_t now, bool end_of_day, int64_t *ms_r)
 {
-	char buf[40];
+	char buf[48];
 	size_t n = strlen(s);
+	int offset = 0;                 /* minutes east of UTC */
 
 	if (strcmp(s, "now") == 0) {
 		*ms_r = now;
@@ -201,17 +203,37 @@ static int parse_time(const char *s, int64_t now, bool end_of_day, int64_t *ms_r
 			*ms_r += MS_PER_DAY;
 		return 0;
 	}
-	if (n < 16 || n > 24 || (s[10] != 'T' && s[10] != ' '))
+	if (n < 16 || n > 30 || (s[10] != 'T' && s[10] != ' '))
 		return -1;
-	/* Normalise to YYYY-MM-DDTHH:MM:SS[.mmm]Z for track_line_time_parse. */
+	/* Normalise to YYYY-MM-DDTHH:MM:SS[.mmm]Z for track_line_time_parse,
+	 * taking off a "+01:00" style offset. */
 	snprintf(buf, sizeof buf, "%.10sT%s", s, s + 11);
 	n = strlen(buf);
-	if (buf[n - 1] == 'Z')
+	if (n >= 22 && (buf[n - 6] == '+' || buf[n - 6] == '-') && buf[n - 3] == ':') {
+		const char *z = buf + n - 5;
+
+		if (!isdigit((unsigned char)z[0]) || !isdigit((unsigned char)z[1]) ||
+		    !isdigit((unsigned char)z[3]) || !isdigit((unsigned char)z[4]))
+			return -1;
+		offset = ((z[0] - '0') * 10 + (z[1] - '0')) * 60 + (z[3] - '0') * 10 + (z[4] - '0');
+		if (offset > 18 * 60)
+			return -1;
+		if (buf[n - 6] == '-')
+			offset = -offset;
+		n -= 6;
+		buf[n] = '\0';
+	} else if (buf[n - 1] == 'Z') {
 		buf[--n] = '\0';
+	}
 	if (n == 16)
 		strcat(buf, ":00");
+	else if (n != 19 && n != 23)
+		return -1;
 	strcat(buf, "Z");
-	return track_line_time_parse(buf, ms_r);
+	if (track_line_time_parse(buf, ms_r) < 0)
+		return -1;
+	*ms_r -= (int64_t)offset * 60000;
+	return 0;
 }
 
 static int need_value(int argc, char **argv, int i)

@@ -208,6 +208,13 @@ def test_time_range_reads_only_its_files(logs):
     _, order = stories(track(logs.path, "--since", "2025-11-24T09:00", "--until",
                              "2025-11-24 09:30:00Z").stdout)
     assert order == ["Q3", "Q4"]
+    _, order = stories(track(logs.path, "--since", "2025-11-24T10:00:00.000+01:00", "--until",
+                             "2025-11-24T04:30-05:00").stdout)
+    assert order == ["Q3", "Q4"]
+    for bad in ("2025-11-24T10", "2025-11-24T10:00+1", "2025-11-24T10:00:00+19:00",
+                "2025-13-01", "-2y", "2025-11-24X10:00"):
+        r = track(logs.path, "--since", bad)
+        assert r.returncode == 2 and "bad time" in r.stderr, bad
     # Only the 2025-11-24 file is read: Q1's story starts there.
     r = track(logs.path, "--since", "2025-11-24", "--qid", "Q1")
     got, order = stories(r.stdout)
