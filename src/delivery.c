@@ -1520,6 +1520,9 @@ static void msg_record(struct dmsg *m)
 		index_requeue(d, env->qid, due < m->now + 1 ? m->now + 1 : due);
 	}
 	msg_free(m);
+	/* A slot is free and the index changed: start more, re-arm the
+	 * timer (results of SMTP jobs arrive outside done_cb). */
+	pump(d);
 }
 
 static void notify_done(struct delivery *d, struct wjob *j)
