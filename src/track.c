@@ -52,7 +52,7 @@ struct track {
 	pthread_cond_t wake;            /* writer: work or stop */
 	pthread_cond_t done;            /* flushers: progress */
 	struct track_item *head, *tail;
-	size_t queued_bytes;
+	size_t queued_bytes, queue_max;
 	unsigned long enqueued, finished;   /* items; finished = written or lost */
 	bool stop, reopen, full_reported;
 	pthread_t thread;
@@ -365,10 +365,11 @@ static int track_open_dir(struct track *t, char *err, size_t errlen)
 	return 0;
 }
 
-struct track *track_new_clock(const char *dir, unsigned retention_days,
-			      struct evlog *evlog, track_clock_fn clock_fn,
-			      void *clock_arg, char *err, size_t errlen)
+struct track *track_new_with(const char *dir, unsigned retention_days,
+			     struct evlog *evlog, const struct track_params *params,
+			     char *err, size_t errlen)
 {
+	static const struct track_params defaults = { NULL, NULL, 0 };
 	struct track *t = calloc(1, sizeof *t);
 	int rc;
 
@@ -379,8 +380,11 @@ struct track *track_new_clock(const char *dir, unsigned retention_days,
 	}
 	t->retention = retention_days;
 	t->evlog = evlog;
-	t->clock = clock_fn != NULL ? clock_fn : real_clock;
-	t->clock_arg = clock_arg;
+	if (params == NULL)
+		params = &defaults;
+	t->clock = params->clock != NULL ? params->clock : real_clock;
+	t->clock_arg = params->clock_arg;
+	t->queue_max = params->queue_max != 0 ? params->queue_max : TRACK_QUEUE_MAX;
 	t->fd = -1;
 	t->fd_day = -1;
 	atomic_init(&t->written, 0);
@@ -409,7 +413,7 @@ struct track *track_new_clock(const char *dir, unsigned retention_days,
 struct track *track_new(const char *dir, unsigned retention_days,
 			struct evlog *evlog, char *err, size_t errlen)
 {
-	return track_new_clock(dir, retention_days, evlog, NULL, NULL, err, errlen);
+	return track_new_with(dir, retention_days, evlog, NULL, err, errlen);
 }
 
 void track_free(struct track **tp)
@@ -507,7 +511,7 @@ static void rec_commit(struct track *t, struct rec *r)
 		it = small;
 	pthread_mutex_lock(&t->mu);
 	bytes = t->queued_bytes;
-	if (bytes + it->len > TRACK_QUEUE_MAX) {
+	if (bytes + it->len > t->queue_max) {
 		atomic_fetch_add(&t->lost, 1);
 		report = !t->full_reported;
 		t->full_reported = true;

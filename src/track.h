@@ -67,11 +67,18 @@ typedef int64_t (*track_clock_fn)(void *arg);
  */
 struct track *track_new(const char *dir, unsigned retention_days,
 			struct evlog *evlog, char *err, size_t errlen);
-/* Same with an injected clock (clock_fn(clock_arg); NULL = real time).
- * The clock is read by the recording thread, so it must be thread-safe. */
-struct track *track_new_clock(const char *dir, unsigned retention_days,
-			      struct evlog *evlog, track_clock_fn clock_fn,
-			      void *clock_arg, char *err, size_t errlen);
+/* Knobs for tests (and for main, should it want them); zero = default. */
+struct track_params {
+	track_clock_fn clock;           /* NULL: real time */
+	void *clock_arg;
+	size_t queue_max;               /* 0: TRACK_QUEUE_MAX */
+};
+
+/* track_new with params (may be NULL).  The clock is read by the
+ * recording threads, so it must be thread-safe. */
+struct track *track_new_with(const char *dir, unsigned retention_days,
+			     struct evlog *evlog, const struct track_params *params,
+			     char *err, size_t errlen);
 /* Writes every queued record, stops the writer, closes, frees; clears *tp. */
 void track_free(struct track **tp);
 /* Closes the day's file; the next record reopens it (SIGUSR1, rotation). */

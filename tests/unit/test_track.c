@@ -107,7 +107,7 @@ static void test_every_record_type(void **state)
 {
 	struct fake_clock clk = { T0 };
 	char *dir = make_dir(), err[256];
-	struct track *t = track_new_clock(dir, 30, NULL, fake_now, &clk, err, sizeof err);
+	struct track *t = track_new_with(dir, 30, NULL, &(struct track_params){ fake_now, &clk, 0 }, err, sizeof err);
 	const char *rcpts[] = { "c@d.example", "e@f.example" };
 	struct track_received rcv = {
 		.qid = "Q1", .client = "127.0.0.1", .helo = "client.example",
@@ -198,7 +198,7 @@ static void test_null_handle_and_missing_values(void **state)
 	track_flush(NULL);
 	track_free(&t);
 
-	t = track_new_clock(dir, 0, NULL, fake_now, &clk, err, sizeof err);
+	t = track_new_with(dir, 0, NULL, &(struct track_params){ fake_now, &clk, 0 }, err, sizeof err);
 	assert_non_null(t);
 	track_received(t, &rcv);                        /* every field NULL */
 	track_bounced(t, NULL, NULL, NULL, NULL);
@@ -220,7 +220,7 @@ static void test_day_rollover(void **state)
 	struct fake_clock clk = { (T0 / DAY_MS + 1) * DAY_MS - 100 };
 	int64_t before = clk.ms;
 	char *dir = make_dir(), err[256];
-	struct track *t = track_new_clock(dir, 30, NULL, fake_now, &clk, err, sizeof err);
+	struct track *t = track_new_with(dir, 30, NULL, &(struct track_params){ fake_now, &clk, 0 }, err, sizeof err);
 	struct track_rec r[4];
 
 	(void)state;
@@ -287,7 +287,7 @@ static void test_retention(void **state)
 	touch_day(dir, today - 1);
 	touch(dir, "notes.txt");
 	touch(dir, "track-2026-02-31.jsonl");          /* not a real day: kept */
-	t = track_new_clock(dir, 30, log, fake_now, &clk, err, sizeof err);
+	t = track_new_with(dir, 30, log, &(struct track_params){ fake_now, &clk, 0 }, err, sizeof err);
 	assert_non_null(t);
 	assert_false(day_exists(dir, today - 40));
 	assert_false(day_exists(dir, today - 31));
@@ -313,7 +313,7 @@ static void test_retention(void **state)
 
 	/* Retention 0 keeps everything. */
 	touch_day(dir, today - 400);
-	t = track_new_clock(dir, 0, log, fake_now, &clk, err, sizeof err);
+	t = track_new_with(dir, 0, log, &(struct track_params){ fake_now, &clk, 0 }, err, sizeof err);
 	assert_non_null(t);
 	assert_true(day_exists(dir, today - 400));
 	track_free(&t);
@@ -326,7 +326,7 @@ static void test_hostile_helo_stays_one_line(void **state)
 {
 	struct fake_clock clk = { T0 };
 	char *dir = make_dir(), err[256], path[4096];
-	struct track *t = track_new_clock(dir, 30, NULL, fake_now, &clk, err, sizeof err);
+	struct track *t = track_new_with(dir, 30, NULL, &(struct track_params){ fake_now, &clk, 0 }, err, sizeof err);
 	/* Every control character but NUL, quotes, backslashes, DEL, UTF-8. */
 	char helo[64], *text;
 	const char *hostile_rcpt[] = { "x\"}\n{\"type\":\"delivered\"@evil" };
@@ -387,7 +387,7 @@ static void test_many_recipients_fit_one_line(void **state)
 {
 	struct fake_clock clk = { T0 };
 	char *dir = make_dir(), err[256];
-	struct track *t = track_new_clock(dir, 30, NULL, fake_now, &clk, err, sizeof err);
+	struct track *t = track_new_with(dir, 30, NULL, &(struct track_params){ fake_now, &clk, 0 }, err, sizeof err);
 	enum { N = 3000 };
 	char (*addrs)[96] = calloc(N, sizeof *addrs);
 	const char **rcpts = calloc(N, sizeof *rcpts);
@@ -428,7 +428,7 @@ static void test_write_error_is_an_event(void **state)
 	struct fake_clock clk = { T0 };
 	char *dir = make_dir(), err[256], path[4096];
 	struct evlog *log = evlog_new("test");
-	struct track *t = track_new_clock(dir, 30, log, fake_now, &clk, err, sizeof err);
+	struct track *t = track_new_with(dir, 30, log, &(struct track_params){ fake_now, &clk, 0 }, err, sizeof err);
 	struct track_rec r[4];
 
 	(void)state;
@@ -519,6 +519,30 @@ static void test_file_names(void **state)
 	assert_int_equal(track_file_day("x"), -1);
 }
 
+static void test_queue_full_drops_and_reports_once(void **state)
+{
+	struct fake_clock clk = { T0 };
+	char *dir = make_dir(), err[256];
+	struct evlog *log = evlog_new("test");
+	/* A queue smaller than any record: every record is dropped, as when
+	 * the disk stalls the writer and the queue fills. */
+	struct track *t = track_new_with(dir, 30, log, &(struct track_params){ fake_now, &clk, 16 },
+					 err, sizeof err);
+
+	(void)state;
+	assert_non_null(t);
+	for (int i = 0; i < 10; i++)
+		track_queued(t, "QQ", "smtp", "a@b", 1);
+	track_flush(t);
+	assert_int_equal(track_lost(t), 10);
+	assert_int_equal(track_written(t), 0);
+	assert_int_equal(evlog_count(log, EV_TRACK_QUEUE_FULL), 1);
+	track_free(&t);
+	evlog_free(&log);
+	remove_dir(dir);
+	free(dir);
+}
+
 struct writer_arg {
 	struct track *t;
 	int id;
@@ -542,7 +566,7 @@ static void test_concurrent_writers(void **state)
 {
 	struct fake_clock clk = { T0 };
 	char *dir = make_dir(), err[256], path[4096], *text;
-	struct track *t = track_new_clock(dir, 30, NULL, fake_now, &clk, err, sizeof err);
+	struct track *t = track_new_with(dir, 30, NULL, &(struct track_params){ fake_now, &clk, 0 }, err, sizeof err);
 	pthread_t th[4];
 	struct writer_arg args[4];
 	size_t lines = 0;
@@ -585,13 +609,13 @@ static void test_fifo_does_not_hang(void **state)
 	(void)state;
 	day_path(path, sizeof path, dir, T0);
 	assert_int_equal(mkfifo(path, 0600), 0);
-	t = track_new_clock(dir, 30, log, fake_now, &clk, err, sizeof err);
+	t = track_new_with(dir, 30, log, &(struct track_params){ fake_now, &clk, 0 }, err, sizeof err);
 	assert_null(t);
 	assert_contains(err, "track-2026-11-24.jsonl");   /* ENXIO: no reader */
 	unlink(path);
 
 	/* Same when it appears later, at the day change. */
-	t = track_new_clock(dir, 30, log, fake_now, &clk, err, sizeof err);
+	t = track_new_with(dir, 30, log, &(struct track_params){ fake_now, &clk, 0 }, err, sizeof err);
 	assert_non_null(t);
 	day_path(path, sizeof path, dir, T0 + DAY_MS);
 	assert_int_equal(mkfifo(path, 0600), 0);
@@ -728,6 +752,7 @@ int main(void)
 		cmocka_unit_test(test_write_error_is_an_event),
 		cmocka_unit_test(test_unusable_directory),
 		cmocka_unit_test(test_concurrent_writers),
+		cmocka_unit_test(test_queue_full_drops_and_reports_once),
 		cmocka_unit_test(test_fifo_does_not_hang),
 		cmocka_unit_test(test_file_names),
 		cmocka_unit_test(test_parse_table),
