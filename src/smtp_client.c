@@ -130,6 +130,8 @@ struct sc_conn {
 	struct event *timer;
 	enum sc_state state;
 	bool used;                       /* had a transaction */
+	bool need_rset;                  /* last transaction was cut short */
+	unsigned txn_replies;            /* replies seen in this transaction */
 	/* capabilities */
 	bool esmtp, pipelining, has_size, eightbit, utf8, dsn;
 	uint64_t size_max;
@@ -552,8 +554,10 @@ static void conn_free(struct sc_conn *conn, bool dispatch)
 
 	snprintf(nexthop, sizeof nexthop, "%s", conn->nexthop);
 	if (conn->job != NULL) {
-		conn->job->conn = NULL;
-		conn->job = NULL;
+		/* Callers detach the job first; never leave one orphaned. */
+		rcpt_set_rest(conn->job, conn, SMTP_CLIENT_TEMP, 0, "",
+			      "connection closed");
+		job_finish(conn->job);
 	}
 	if (conn->prev != NULL)
 		conn->prev->next = conn->next;
@@ -646,10 +650,15 @@ static void conn_fail(struct sc_conn *conn, const char *reason, bool polite)
 	}
 	job->conn = NULL;
 	conn->job = NULL;
-	if (conn->state == SC_RSET) {
+	if (conn->state == SC_RSET ||
+	    (job->reused && conn->txn_replies == 0 && !job->finished)) {
 		/* A pooled connection was dead: not this destination's fault. */
 		job->no_reuse = true;
 		job->reused = false;
+		job->mail_sent = false;
+		job->next_rcpt = 0;
+		for (size_t i = 0; i < job->n_rcpts; i++)
+			job->res[i].dsn_relayed = false;
 		conn_free(conn, false);
 		job_dispatch(job);
 		return;
@@ -715,8 +724,16 @@ static void job_attach_reused(struct sc_job *job, struct sc_conn *conn)
 	job->conn = conn;
 	job->reused = true;
 	c->stats.reuses++;
-	conn->state = SC_RSET;
 	conn->exp_head = conn->exp_tail = 0;
+	if (!conn->need_rset) {
+		/* The last transaction ended with the dot's reply, which
+		 * resets the server (RFC 5321 4.1.1.4): no RSET round trip.
+		 * A dead connection shows as no reply at all: conn_fail()
+		 * then starts over. */
+		txn_start(conn);
+		return;
+	}
+	conn->state = SC_RSET;
 	conn_printf(conn, "RSET\r\n");
 	conn_arm(conn, c->opts.command_ms);
 }
@@ -960,6 +977,7 @@ static void txn_refuse(struct sc_conn *conn, unsigned code, const char *enh,
 	rcpt_set_rest(job, conn, code >= 500 ? SMTP_CLIENT_PERM : SMTP_CLIENT_TEMP,
 		      code, enh, text);
 	job_finish(job);
+	conn->need_rset = false;
 	conn_release(conn);
 }
 
@@ -971,6 +989,7 @@ static void txn_start(struct sc_conn *conn)
 
 	conn->state = SC_TXN;
 	conn->exp_head = conn->exp_tail = 0;
+	conn->txn_replies = 0;
 	job->connected = true;
 	snprintf(job->host, sizeof job->host, "%s", conn->dest.host);
 	snprintf(job->addr, sizeof job->addr, "%s", conn->addr_text);
@@ -1104,10 +1123,12 @@ static void body_start(struct sc_conn *conn)
 	body_fill(conn);
 }
 
-/* The transaction is over (the job got its results): keep or close. */
-static void txn_end(struct sc_conn *conn, unsigned code)
+/* The transaction is over (the job got its results): keep or close.
+ * `clean`: it ended with the reply to the dot (the server has reset). */
+static void txn_end(struct sc_conn *conn, unsigned code, bool clean)
 {
 	job_finish(conn->job);
+	conn->need_rset = !clean;
 	if (code == 421)
 		conn_free(conn, true);
 	else
@@ -1121,6 +1142,7 @@ static void reply_txn(struct sc_conn *conn, const struct smtp_parse_reply *r)
 	bool ok = r->code >= 200 && r->code < 300;
 	char reason[SMTP_CLIENT_TEXT_MAX];
 
+	conn->txn_replies++;
 	if (conn->exp_head == conn->exp_tail) {
 		conn_protocol_error(conn, "reply without a command");
 		return;
@@ -1140,7 +1162,7 @@ static void reply_txn(struct sc_conn *conn, const struct smtp_parse_reply *r)
 		for (size_t i = 0; i < job->n_rcpts; i++)
 			rcpt_set_reply(job, i, conn, r, false);
 		if (r->code == 421 || !conn->pipelining) {
-			txn_end(conn, r->code);
+			txn_end(conn, r->code, false);
 			return;
 		}
 		break;
@@ -1165,7 +1187,7 @@ static void reply_txn(struct sc_conn *conn, const struct smtp_parse_reply *r)
 			} else if (job->n_accepted > 0) {
 				send_data(conn);
 			} else {
-				txn_end(conn, 0);
+				txn_end(conn, 0, false);
 				return;
 			}
 		}
@@ -1177,7 +1199,7 @@ static void reply_txn(struct sc_conn *conn, const struct smtp_parse_reply *r)
 				exp_push(conn, EXP_DOT_EMPTY, 0);
 				break;
 			}
-			txn_end(conn, r->code);
+			txn_end(conn, r->code, false);
 			return;
 		}
 		if (r->code == 354) {
@@ -1188,13 +1210,13 @@ static void reply_txn(struct sc_conn *conn, const struct smtp_parse_reply *r)
 			if (job->accepted[i])
 				rcpt_set_reply(job, i, conn, r, ok);
 		/* a 2xx to DATA is nonsense: rcpt_set_reply made it TEMP... */
-		txn_end(conn, r->code);
+		txn_end(conn, r->code, false);
 		return;
 	case EXP_DOT:
 		for (size_t i = 0; i < job->n_rcpts; i++)
 			if (job->accepted[i])
 				rcpt_set_reply(job, i, conn, r, false);
-		txn_end(conn, r->code);
+		txn_end(conn, r->code, true);
 		return;
 	case EXP_DOT_LMTP:
 		rcpt_set_reply(job, e.idx, conn, r, false);
@@ -1203,12 +1225,12 @@ static void reply_txn(struct sc_conn *conn, const struct smtp_parse_reply *r)
 			return;
 		}
 		if (--job->n_dot_pending == 0) {
-			txn_end(conn, 0);
+			txn_end(conn, 0, true);
 			return;
 		}
 		break;
 	case EXP_DOT_EMPTY:
-		txn_end(conn, r->code);
+		txn_end(conn, r->code, false);
 		return;
 	}
 	if (conn->exp_head != conn->exp_tail) {
@@ -1286,9 +1308,9 @@ static void handle_reply(struct sc_conn *conn, const struct smtp_parse_reply *r)
 		/* Usually 421 (the peer's idle timeout): drop it. */
 		conn_free(conn, true);
 		return;
-	case SC_CONNECTING:
+	case SC_CONNECTING:   /* not reached: read_cb moved it on */
 	case SC_CLOSING:
-		conn_free(conn, false);
+		conn_fail(conn, "unexpected reply", false);
 		return;
 	}
 }
@@ -1300,6 +1322,10 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 	struct sc_conn *conn = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 
+	/* libevent may run the read callback before it reports the
+	 * connection (both ready in one poll): bytes mean connected. */
+	if (conn->state == SC_CONNECTING)
+		conn->state = SC_GREETING;
 	conn->in_read = true;
 	while (!conn->dead && evbuffer_get_length(in) > 0) {
 		struct evbuffer_iovec v;
@@ -1349,8 +1375,12 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 
 	(void)bev;
 	if (what & BEV_EVENT_CONNECTED) {
-		conn->state = SC_GREETING;
-		conn_arm(conn, conn->c->opts.command_ms);
+		/* The greeting may have been read already (read before write
+		 * when both are ready): then the state has moved on. */
+		if (conn->state == SC_CONNECTING) {
+			conn->state = SC_GREETING;
+			conn_arm(conn, conn->c->opts.command_ms);
+		}
 		return;
 	}
 	if (conn->state == SC_CLOSING) {

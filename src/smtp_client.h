@@ -49,11 +49,15 @@
  *    recipient that asked for NOTIFY=SUCCESS (RFC 3461 5.2.2).
  *  - EHLO: a reply other than 2xx or 421 falls back to HELO (no
  *    extensions).  LMTP sends LHLO only (RFC 2033 4.1).
- *  - Reuse: after a transaction that ended cleanly the connection goes to
+ *  - Reuse: after a transaction the connection (if still in sync) goes to
  *    the pool under (next-hop key, address); a job for the same key whose
- *    destinations include that address takes it, sends RSET first and, if
- *    the connection turns out dead (RSET fails, EOF), starts over on a new
- *    connection without counting a failure.  Idle connections are closed
+ *    destinations include that address takes it.  It sends RSET first only
+ *    when the last transaction was cut short (no DATA, refused MAIL); after
+ *    the reply to the dot the server has reset itself (RFC 5321 4.1.1.4)
+ *    and MAIL goes at once.  If the pooled connection turns out dead (EOF,
+ *    error or timeout before its first reply in the new transaction, or a
+ *    failed RSET) the job starts over on a new connection without counting
+ *    a failure, at most once.  Idle connections are closed
  *    (QUIT) after idle_timeout.  At most max_conns connections (connecting,
  *    busy or idle) exist per next-hop key; further jobs wait in submission
  *    order for one.

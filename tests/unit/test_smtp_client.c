@@ -37,6 +37,7 @@ struct srv_opts {
 	unsigned greeting;        /* 0 = 220 */
 	unsigned mail_code;       /* 0 = 250 */
 	uint64_t size;            /* SIZE limit advertised (0 = "SIZE") */
+	bool close_after_dot;     /* hang up right after the dot's reply */
 };
 
 struct srv {
@@ -55,6 +56,7 @@ struct srv_conn {
 	struct srv_conn *next;
 	struct bufferevent *bev;
 	bool in_data;
+	bool closing;
 	char rcpts[16][64];
 	size_t n_rcpts;
 };
@@ -158,12 +160,23 @@ static void srv_read_cb(struct bufferevent *bev, void *arg)
 							evbuffer_add_printf(out, "250 2.0.0 delivered\r\n");
 				}
 				sc->n_rcpts = 0;
+				sc->closing = sc->s->o.close_after_dot;
 			}
 		} else {
 			srv_command(sc, bev, line);
 		}
 		free(line);
 	}
+}
+
+static void srv_event_cb(struct bufferevent *bev, short what, void *arg);
+
+static void srv_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct srv_conn *sc = arg;
+
+	if (sc->closing)
+		srv_event_cb(bev, BEV_EVENT_EOF, sc);
 }
 
 static void srv_event_cb(struct bufferevent *bev, short what, void *arg)
@@ -196,7 +209,7 @@ static void srv_accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
 	sc->next = s->conns;
 	s->conns = sc;
 	s->accepted++;
-	bufferevent_setcb(bev, srv_read_cb, NULL, srv_event_cb, sc);
+	bufferevent_setcb(bev, srv_read_cb, srv_write_cb, srv_event_cb, sc);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
 	if (!s->o.silent) {
 		if (s->o.greeting)
@@ -600,11 +613,98 @@ static void test_reuse(void **state)
 	assert_false(o1.res.reused);
 	assert_true(o2.res.reused);
 	assert_int_equal(s->accepted, 1);
-	assert_contains(s->transcript, "one\n.\nRSET\nMAIL");
+	/* A clean end (the dot's reply) needs no RSET before the next MAIL. */
+	assert_contains(s->transcript, "one\n.\nMAIL");
 	smtp_client_stats(f->c, &st);
 	assert_int_equal(st.connects, 1);
 	assert_int_equal(st.reuses, 1);
 	assert_int_equal(st.idle, 1);
+	srv_free(s);
+	fx_free(f);
+}
+
+/* After a transaction that was cut short (every RCPT refused) the next
+ * job on the connection sends RSET first. */
+static void test_reuse_rset(void **state)
+{
+	struct fixture *f = fx_new();
+	struct srv *s = srv_new(f->base, NULL);
+	struct mem_body b = { .data = "x\r\n", .len = 3 };
+	struct smtp_client_rcpt r1[1] = { { "perm1@x.test", 0, NULL } };
+	struct smtp_client_rcpt r2[1] = { { "ok1@x.test", 0, NULL } };
+	struct smtp_client_dest d;
+	struct smtp_client_job j;
+	struct outcome o1 = { 0 }, o2 = { 0 }, *os1[] = { &o1 }, *os2[] = { &o2 };
+
+	(void)state;
+	dest_port(&d, s->port, "mx.test");
+	job_init(&j, r1, 1, &d, 1, &b);
+	submit(f, &j, &o1);
+	run_until(f->base, os1, 1);
+	job_init(&j, r2, 1, &d, 1, &b);
+	submit(f, &j, &o2);
+	run_until(f->base, os2, 1);
+	assert_rcpt(&o1, 0, SMTP_CLIENT_PERM, 550);
+	assert_rcpt(&o2, 0, SMTP_CLIENT_OK, 250);
+	assert_true(o2.res.reused);
+	assert_int_equal(s->accepted, 1);
+	assert_contains(s->transcript, "RCPT TO:<perm1@x.test>\nDATA\nRSET\nMAIL");
+	srv_free(s);
+	fx_free(f);
+}
+
+/* A pooled connection the peer closed before the client noticed: the job
+ * starts over on a new connection, with no failure reported. */
+struct chain {
+	struct fixture *f;
+	struct smtp_client_job *j;
+	struct outcome *next;
+	struct outcome first;
+};
+
+static void chain_cb(void *arg, const struct smtp_client_result *res)
+{
+	struct chain *ch = arg;
+	char err[128];
+
+	done_cb(&ch->first, res);
+	/* Submitted before the loop reads the peer's EOF. */
+	assert_int_equal(smtp_client_submit(ch->f->c, ch->j, done_cb, ch->next,
+					    err, sizeof err), 0);
+}
+
+static void test_reuse_dead_connection(void **state)
+{
+	struct fixture *f = fx_new();
+	struct srv_opts so = { .close_after_dot = true };
+	struct srv *s = srv_new(f->base, &so);
+	struct mem_body b1 = { .data = "one\r\n", .len = 5 }, b2 = { .data = "two\r\n", .len = 5 };
+	struct smtp_client_rcpt r[1] = { { "ok1@x.test", 0, NULL } };
+	struct smtp_client_dest d;
+	struct smtp_client_job j1, j2;
+	struct outcome o2 = { 0 }, *os[] = { &o2 };
+	struct chain ch = { .f = f, .j = &j2, .next = &o2 };
+	char err[128];
+
+	(void)state;
+	dest_port(&d, s->port, "mx.test");
+	job_init(&j1, r, 1, &d, 1, &b1);
+	job_init(&j2, r, 1, &d, 1, &b2);
+	assert_int_equal(smtp_client_submit(f->c, &j1, chain_cb, &ch, err, sizeof err), 0);
+	run_until(f->base, os, 1);
+	assert_rcpt(&ch.first, 0, SMTP_CLIENT_OK, 250);
+	assert_rcpt(&o2, 0, SMTP_CLIENT_OK, 250);
+	assert_int_equal(o2.res.n_attempts, 0);
+	assert_false(o2.res.reused);
+	assert_int_equal(s->accepted, 2);
+	{
+		struct smtp_client_stats st;
+
+		smtp_client_stats(f->c, &st);
+		assert_int_equal(st.reuses, 1);   /* tried the pooled one first */
+		assert_int_equal(st.connects, 2);
+	}
+	assert_contains(s->transcript, "two\n.\n");
 	srv_free(s);
 	fx_free(f);
 }
@@ -759,6 +859,8 @@ int main(void)
 		cmocka_unit_test(test_timeout),
 		cmocka_unit_test(test_failover),
 		cmocka_unit_test(test_reuse),
+		cmocka_unit_test(test_reuse_rset),
+		cmocka_unit_test(test_reuse_dead_connection),
 		cmocka_unit_test(test_cap_queues_jobs),
 		cmocka_unit_test(test_mail_temp_and_dsn),
 		cmocka_unit_test(test_no_dsn_relayed),
