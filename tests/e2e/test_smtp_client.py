@@ -1,0 +1,228 @@
+"""End-to-end tests of the outbound SMTP/LMTP agent (smtp_client) against the
+test sink (tests/e2e/sink.py) on loopback, driven by a small C driver
+(tests/e2e/smtp_client_driver.c, built here against build/libcarrier.a)
+until the scheduler drives the agent inside carrierd."""
+import json
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+
+import pytest
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+from sink import Sink  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+BUILD = ROOT / os.environ.get("CARRIER_BUILD", "build")
+LIB = BUILD / "libcarrier.a"
+DRIVER_SRC = ROOT / "tests" / "e2e" / "smtp_client_driver.c"
+SINK = ROOT / "tests" / "e2e" / "sink.py"
+
+
+def _pkg_libs():
+    pkgs = ["libevent", "libevent_pthreads", "libevent_openssl", "lmdb", "inih", "openssl"]
+    libs = subprocess.run(["pkg-config", "--libs", *pkgs], capture_output=True,
+                          text=True, check=True).stdout.split()
+    if subprocess.run(["pkg-config", "--exists", "libunbound"]).returncode == 0:
+        libs += subprocess.run(["pkg-config", "--libs", "libunbound"], capture_output=True,
+                               text=True).stdout.split()
+    return libs
+
+
+@pytest.fixture(scope="module")
+def driver(tmp_path_factory):
+    if not LIB.exists():
+        pytest.skip(f"{LIB} not built (run make)")
+    out = tmp_path_factory.mktemp("driver") / "smtp_client_driver"
+    cc = "clang" if "asan" in str(BUILD) else os.environ.get("CC", "cc")
+    flags = ["-fsanitize=address,undefined"] if "asan" in str(BUILD) else []
+    cmd = [cc, "-std=c17", "-D_GNU_SOURCE", f"-I{ROOT / 'src'}", "-O1", "-g", *flags,
+           "-o", str(out), str(DRIVER_SRC), str(LIB), *_pkg_libs(), "-lpthread", "-lm"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, f"building the driver failed:\n{' '.join(cmd)}\n{r.stderr}"
+    return out
+
+
+def closed_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run(driver, tmp_path, dests, rcpts, body=b"Subject: test\r\n\r\nhello\r\n",
+        sender="sender@example.org", extra=(), timeout=60):
+    bf = tmp_path / "body.eml"
+    bf.write_bytes(body)
+    argv = [str(driver), "--from", sender, "--body", str(bf)]
+    for d in dests:
+        argv += ["--dest", d]
+    for r in rcpts:
+        argv += ["--to", r]
+    argv += list(extra)
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    assert p.returncode == 0, f"driver failed: {p.stderr}"
+    lines = [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
+    return lines[:-1], lines[-1]["stats"]
+
+
+@pytest.fixture
+def sink():
+    made = []
+
+    def factory(**kw):
+        s = Sink(**kw).start()
+        made.append(s)
+        return s
+
+    yield factory
+    for s in made:
+        s.stop()
+
+
+def classes(job):
+    return [(r["class"], r["code"]) for r in job["rcpts"]]
+
+
+def test_mixed_recipients_one_transaction(driver, sink, tmp_path):
+    s = sink()
+    jobs, stats = run(driver, tmp_path, [f"127.0.0.1:{s.port}"],
+                      ["ok1@x.test", "temp1@x.test", "perm1@x.test", "ok2@x.test"])
+    assert classes(jobs[0]) == [("OK", 250), ("TEMP", 451), ("PERM", 550), ("OK", 250)]
+    assert jobs[0]["rcpts"][2]["enhanced"] == "5.1.1"
+    t = s.wait(1)
+    assert len(t) == 1
+    assert t[0]["rcpts"] == ["ok1@x.test", "ok2@x.test"]
+    assert t[0]["rejected"] == ["temp1@x.test", "perm1@x.test"]
+    assert t[0]["data"] == b"Subject: test\r\n\r\nhello\r\n"
+    assert t[0]["helo"] == "driver.test"
+
+
+def test_body_from_spool_large_with_dots(driver, sink, tmp_path):
+    # Over the spool's inline limit (a body file), lines starting with dots,
+    # no final CRLF: the peer gets the same bytes plus the CRLF.
+    lines = [b"Subject: big", b""] + [(b"." if i % 3 == 0 else b"") + b"line %d " % i + b"x" * 70
+                                      for i in range(3000)]
+    body = b"\r\n".join(lines) + b"\r\n.\r\n..\r\nlast line"
+    s = sink()
+    jobs, _ = run(driver, tmp_path, [f"127.0.0.1:{s.port}"], ["ok@x.test"], body=body,
+                  extra=["--spool", str(tmp_path / "spool")])
+    assert classes(jobs[0]) == [("OK", 250)]
+    assert len(jobs[0]["qid"]) == 16
+    t = s.wait(1)
+    assert t[0]["data"] == body + b"\r\n"
+    assert t[0]["mail_params"] == f"SIZE={len(body)}"
+
+
+def test_lmtp_unix_socket_per_recipient(driver, sink, tmp_path):
+    path = tmp_path / "lmtp.sock"
+    s = sink(unix=str(path), lmtp=True)
+    jobs, _ = run(driver, tmp_path, [f"unix:{path}"],
+                  ["ok1@x.test", "dtemp1@x.test", "perm1@x.test", "dperm1@x.test"],
+                  extra=["--lmtp", "--nexthop", "lmtp:test"])
+    assert classes(jobs[0]) == [("OK", 250), ("TEMP", 452), ("PERM", 550), ("PERM", 554)]
+    assert jobs[0]["addr"] == str(path)
+    t = s.wait(1)
+    assert t[0]["delivered"] == ["ok1@x.test"]
+
+
+def test_failover_in_order(driver, sink, tmp_path):
+    busy = sink(greeting="421 4.3.2 busy")
+    refusing = sink(greeting="554 5.7.1 not here")
+    good = sink()
+    jobs, _ = run(driver, tmp_path,
+                  [f"127.0.0.1:{closed_port()}", f"127.0.0.1:{busy.port}",
+                   f"127.0.0.1:{refusing.port}", f"127.0.0.1:{good.port}"],
+                  ["ok@x.test"])
+    j = jobs[0]
+    assert classes(j) == [("OK", 250)]
+    assert j["addr"] == f"127.0.0.1:{good.port}"
+    reasons = [a["reason"] for a in j["attempts"]]
+    assert len(reasons) == 3
+    assert "connect:" in reasons[0]
+    assert "421 4.3.2 busy" in reasons[1]
+    assert "554 5.7.1 not here" in reasons[2]
+    assert len(good.wait(1)) == 1
+
+
+def test_every_destination_fails_is_temporary(driver, sink, tmp_path):
+    refusing = sink(greeting="554 5.7.1 go away")
+    jobs, _ = run(driver, tmp_path, [f"127.0.0.1:{refusing.port}", f"127.0.0.1:{closed_port()}"],
+                  ["ok@x.test"])
+    assert jobs[0]["connected"] is False
+    assert classes(jobs[0]) == [("TEMP", 0)]
+    assert len(jobs[0]["attempts"]) == 2
+
+
+@pytest.mark.parametrize("opts,extra,want", [
+    (dict(smtputf8=False), ["--utf8"], ("PERM", 553, "5.6.7")),
+    (dict(eightbitmime=False), ["--8bit"], ("PERM", 554, "5.6.3")),
+    (dict(size=10), [], ("PERM", 552, "5.3.4")),
+])
+def test_refused_before_sending(driver, sink, tmp_path, opts, extra, want):
+    s = sink(**opts)
+    jobs, _ = run(driver, tmp_path, [f"127.0.0.1:{s.port}"], ["ok@x.test"], extra=extra)
+    r = jobs[0]["rcpts"][0]
+    assert (r["class"], r["code"], r["enhanced"]) == want
+    assert r["local"] is True
+    assert s.transactions == []
+
+
+def test_extensions_used_when_offered(driver, sink, tmp_path):
+    s = sink()
+    body = "Subject: caf\u00e9\r\n\r\n\u00e9\r\n".encode()
+    run(driver, tmp_path, [f"127.0.0.1:{s.port}"],
+        ["ok@x.test,notify=success+failure,orcpt=rfc822;orig@x.test", "ok2@x.test,notify=never"],
+        body=body,
+        sender="s\u00e9@example.org",
+        extra=["--utf8", "--8bit", "--ret", "hdrs", "--envid", "ENV1"])
+    t = s.wait(1)[0]
+    assert t["mail_params"].split() == [f"SIZE={len(body)}",
+                                        "BODY=8BITMIME", "SMTPUTF8", "RET=HDRS", "ENVID=ENV1"]
+    assert t["rcpt_params"] == ["NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;orig@x.test", "NOTIFY=NEVER"]
+
+
+def test_no_dsn_peer_gets_no_dsn_parameters(driver, sink, tmp_path):
+    s = sink(dsn=False, pipelining=False)
+    jobs, _ = run(driver, tmp_path, [f"127.0.0.1:{s.port}"],
+                  ["ok@x.test,notify=success,orcpt=rfc822;orig@x.test"],
+                  extra=["--ret", "full", "--envid", "E"])
+    r = jobs[0]["rcpts"][0]
+    assert (r["class"], r["dsn_relayed"]) == ("OK", True)
+    t = s.wait(1)[0]
+    assert t["mail_params"] == "SIZE=24" and t["rcpt_params"] == [""]
+
+
+def test_many_messages_few_connections(driver, sink, tmp_path):
+    s = sink(keep_data=False)
+    jobs, stats = run(driver, tmp_path, [f"127.0.0.1:{s.port}"], ["ok1@x.test", "ok2@x.test"],
+                      extra=["--count", "400", "--conns", "3"])
+    assert len(jobs) == 400
+    assert all(classes(j) == [("OK", 250), ("OK", 250)] for j in jobs)
+    assert stats["connects"] <= 3
+    assert stats["reuses"] >= 397
+    assert len(s.wait(400)) == 400
+    assert s.connections <= 3
+
+
+def test_sink_as_a_process(driver, tmp_path):
+    rec = tmp_path / "rec"
+    p = subprocess.Popen([sys.executable, str(SINK), "--port", "0", "--record", str(rec)],
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        line = p.stdout.readline()
+        assert line.startswith("READY "), line
+        port = int(line.split()[1])
+        jobs, _ = run(driver, tmp_path, [f"127.0.0.1:{port}"], ["ok@x.test", "perm@x.test"],
+                      extra=["--count", "20", "--conns", "2"])
+        assert len(jobs) == 20
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=10)
+    assert "TRANSACTIONS 20" in out
+    recs = [json.loads(l) for l in (rec / "transactions.jsonl").read_text().splitlines()]
+    assert len(recs) == 20
+    assert recs[0]["delivered"] == ["ok@x.test"] and recs[0]["rejected"] == ["perm@x.test"]
