@@ -10,6 +10,7 @@
  * hands each finished job back through one event.
  */
 #include "delivery.h"
+#include "delivery_int.h"
 
 #include <errno.h>
 #include <event2/event.h>
@@ -32,25 +33,12 @@
 #include "spool.h"
 #include "track.h"
 
-#define SCAN_CHUNK 16384          /* index entries handed over per job */
 #define RESCAN_SECS 1800          /* safety walk of the spool */
 #define ERROR_RETRY 60            /* seconds after a spool error */
 #define MAX_TIMER 300             /* the timer fires at least this often */
-#define HDR_READ_MAX 65536        /* bytes read to find a header */
 #define REPLY_MAX 600
-#define HOP_BUCKETS 1024
 
 /* ---- configuration copy ------------------------------------------------- */
-
-struct dcfg {
-	unsigned *schedule;
-	size_t n_schedule;
-	struct schedule_policy pol;
-	unsigned max_deliveries, max_conns;
-	char *hostname;
-	char *double_bounce_to;
-	char *default_domain;     /* for a recipient without '@' */
-};
 
 static void dcfg_free(struct dcfg *c)
 {
@@ -96,289 +84,6 @@ static int dcfg_init(struct dcfg *c, const struct carrier_conf *conf)
 	return 0;
 }
 
-/* ---- the index: a qid set and a min-heap ---------------------------------- */
-
-struct qslot {
-	char qid[SPOOL_QID_LEN];  /* not NUL-terminated; qid[0] == 0: empty */
-};
-
-struct qset {
-	struct qslot *v;
-	size_t cap, n;            /* cap is a power of two */
-};
-
-struct hent {
-	int64_t due;
-	char qid[SPOOL_QID_SIZE];
-};
-
-struct heap {
-	struct hent *v;
-	size_t n, cap;
-};
-
-static uint64_t qhash(const char *qid)
-{
-	uint64_t h = 1469598103934665603ull;
-
-	for (size_t i = 0; i < SPOOL_QID_LEN; i++)
-		h = (h ^ (unsigned char)qid[i]) * 1099511628211ull;
-	return h;
-}
-
-static bool qid_ok(const char *qid)
-{
-	return qid != NULL && strnlen(qid, SPOOL_QID_SIZE) == SPOOL_QID_LEN;
-}
-
-/* Index of qid's slot, or of the empty slot where it would go. */
-static size_t qset_find(const struct qset *s, const char *qid)
-{
-	size_t i = qhash(qid) & (s->cap - 1);
-
-	while (s->v[i].qid[0] != '\0' && memcmp(s->v[i].qid, qid, SPOOL_QID_LEN) != 0)
-		i = (i + 1) & (s->cap - 1);
-	return i;
-}
-
-static int qset_grow(struct qset *s)
-{
-	size_t cap = s->cap ? s->cap * 2 : 1024;
-	struct qslot *old = s->v, *v = calloc(cap, sizeof *v);
-	size_t oldcap = s->cap;
-
-	if (v == NULL)
-		return -1;
-	s->v = v;
-	s->cap = cap;
-	for (size_t i = 0; i < oldcap; i++)
-		if (old[i].qid[0] != '\0')
-			s->v[qset_find(s, old[i].qid)] = old[i];
-	free(old);
-	return 0;
-}
-
-/* Adds qid; returns 1 when added, 0 when already there, -1 out of memory. */
-static int qset_add(struct qset *s, const char *qid)
-{
-	size_t i;
-
-	if ((s->n + 1) * 10 > s->cap * 7 && qset_grow(s) < 0)
-		return -1;
-	i = qset_find(s, qid);
-	if (s->v[i].qid[0] != '\0')
-		return 0;
-	memcpy(s->v[i].qid, qid, SPOOL_QID_LEN);
-	s->n++;
-	return 1;
-}
-
-/* Linear-probing deletion with backward shift (no tombstones). */
-static void qset_del(struct qset *s, const char *qid)
-{
-	size_t mask = s->cap - 1, i, j;
-
-	if (s->cap == 0)
-		return;
-	i = qset_find(s, qid);
-	if (s->v[i].qid[0] == '\0')
-		return;
-	s->v[i].qid[0] = '\0';
-	s->n--;
-	for (j = (i + 1) & mask; s->v[j].qid[0] != '\0'; j = (j + 1) & mask) {
-		size_t home = qhash(s->v[j].qid) & mask;
-
-		/* Move j into the hole i unless its home lies in (i, j]. */
-		if ((j > i && (home <= i || home > j)) || (j < i && home <= i && home > j)) {
-			s->v[i] = s->v[j];
-			s->v[j].qid[0] = '\0';
-			i = j;
-		}
-	}
-}
-
-static void heap_swap(struct heap *h, size_t a, size_t b)
-{
-	struct hent t = h->v[a];
-
-	h->v[a] = h->v[b];
-	h->v[b] = t;
-}
-
-static int heap_push(struct heap *h, const char *qid, int64_t due)
-{
-	size_t i;
-
-	if (h->n == h->cap) {
-		size_t cap = h->cap ? h->cap * 2 : 1024;
-		struct hent *v = realloc(h->v, cap * sizeof *v);
-
-		if (v == NULL)
-			return -1;
-		h->v = v;
-		h->cap = cap;
-	}
-	i = h->n++;
-	h->v[i].due = due;
-	memcpy(h->v[i].qid, qid, SPOOL_QID_SIZE);
-	h->v[i].qid[SPOOL_QID_LEN] = '\0';
-	while (i > 0 && h->v[(i - 1) / 2].due > h->v[i].due) {
-		heap_swap(h, i, (i - 1) / 2);
-		i = (i - 1) / 2;
-	}
-	return 0;
-}
-
-static void heap_pop(struct heap *h, struct hent *top_r)
-{
-	size_t i = 0;
-
-	*top_r = h->v[0];
-	h->v[0] = h->v[--h->n];
-	for (;;) {
-		size_t l = 2 * i + 1, r = l + 1, m = i;
-
-		if (l < h->n && h->v[l].due < h->v[m].due)
-			m = l;
-		if (r < h->n && h->v[r].due < h->v[m].due)
-			m = r;
-		if (m == i)
-			break;
-		heap_swap(h, i, m);
-		i = m;
-	}
-}
-
-/* ---- types of the runner ---------------------------------------------------- */
-
-enum rs_state { RS_SKIP, RS_TRY, RS_OK, RS_TEMP, RS_PERM };
-
-/* One recipient's outcome in this attempt. */
-struct rstate {
-	enum rs_state st;
-	enum rs_state last;       /* class of the latest route tried (TRY) */
-	unsigned code;
-	char enh[12];
-	char text[SMTP_CLIENT_TEXT_MAX];
-	char host[SMTP_CLIENT_HOST_MAX];
-	const char *hop;          /* into the group's decision; NULL = none */
-	/* results */
-	enum spool_rcpt_state fin;
-	int64_t next;
-	bool expired, warn, warned, notified, counted;
-};
-
-struct hop;
-struct dmsg;
-
-struct dgroup {
-	struct dmsg *m;
-	struct dgroup *next;      /* in the message */
-	struct dgroup *wnext;     /* in its hop's wait queue */
-	struct route_decision *dec;
-	struct route_resolution *res;
-	struct route_req *req;
-	size_t *idx, n, cap;      /* recipient indices */
-	size_t ri;                /* route being tried */
-	struct hop *hop;          /* held while a job runs or is about to */
-	size_t *job_idx;          /* recipients of the running job */
-	size_t job_n;
-	struct counters_hop *hop_ctr;  /* counters of the route being tried */
-};
-
-struct dmsg {
-	struct delivery *d;
-	struct dmsg *prev, *next; /* active list */
-	struct spool_envelope *env;
-	int64_t now;
-	struct rstate *rs;
-	struct dgroup *groups;
-	size_t groups_left;
-	size_t notify_left;
-	char bounce_qid[SPOOL_QID_SIZE];   /* the failure report, "" = none */
-};
-
-struct hop {
-	struct hop *next;         /* bucket chain */
-	char key[ROUTE_KEY_MAX];
-	unsigned active, max, draining;
-	struct dgroup *whead, *wtail;
-	size_t n_wait;
-};
-
-enum wj_type { WJ_SCAN, WJ_LOAD, WJ_MAILDIR, WJ_NOTIFY };
-
-struct scan_ent {
-	char qid[SPOOL_QID_SIZE];
-	int64_t due;
-};
-
-struct wjob {
-	enum wj_type type;
-	struct wjob *next;
-	int rc;
-	char err[512];
-	char qid[SPOOL_QID_SIZE];
-	/* WJ_SCAN: one chunk of the walk; `last` ends it */
-	struct scan_ent *ents;
-	size_t n_ents;
-	bool last;
-	size_t total;
-	int64_t ms;
-	/* WJ_LOAD */
-	struct spool_envelope *env;
-	/* WJ_MAILDIR and WJ_NOTIFY */
-	struct dgroup *g;
-	struct dmsg *m;
-	char *root, *hostname;
-	enum maildir_result *mres;
-	char (*mtext)[SMTP_CLIENT_TEXT_MAX];
-	/* WJ_NOTIFY */
-	enum dsn_kind kind;
-	struct dsn_rcpt *drcpts;
-	size_t *didx;
-	size_t n_d;
-	char *to;
-	bool dbl;
-	char dsn_qid[SPOOL_QID_SIZE];
-};
-
-struct delivery {
-	struct event_base *base;
-	struct evlog *log;
-	struct counters *ctr;
-	struct track *track;
-	struct spool *spool;
-	struct route_table *routes;
-	struct dns *dns;
-	struct smtp_client *client;
-	struct dcfg cfg;
-	uint64_t rnd;
-
-	struct qset known;
-	struct heap heap;
-	struct event *timer;
-	bool index_ready, scanning, scan_again;
-	int64_t last_scan;
-
-	struct dmsg *active;
-	size_t n_active;
-	struct hop *hops[HOP_BUCKETS];
-
-	/* worker */
-	pthread_t thread;
-	bool thread_started;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool stop;
-	struct wjob *jhead, *jtail;       /* to the worker */
-	struct wjob *dhead, *dtail;       /* back to the loop */
-	struct event *done_ev;
-	uint64_t seq;                     /* Maildir file names; worker only */
-
-	struct delivery_stats st;
-};
-
 static void pump(struct delivery *d);
 static void group_route(struct dgroup *g);
 static void group_done(struct dgroup *g);
@@ -394,7 +99,7 @@ static void count(struct delivery *d, enum counters_id id)
 
 static int64_t now_s(void)
 {
-	return (int64_t)time(NULL);
+	return delivery_now();
 }
 
 /* Indexes qid with `due` unless known already.  Returns 1 when added. */
@@ -402,13 +107,13 @@ static int index_add(struct delivery *d, const char *qid, int64_t due)
 {
 	int rc;
 
-	if (!qid_ok(qid))
+	if (!delivery_qid_ok(qid))
 		return 0;
-	rc = qset_add(&d->known, qid);
+	rc = delivery_qset_add(&d->known, qid);
 	if (rc <= 0)
 		return 0;
-	if (heap_push(&d->heap, qid, due) < 0) {
-		qset_del(&d->known, qid);
+	if (delivery_heap_push(&d->heap, qid, due) < 0) {
+		delivery_qset_del(&d->known, qid);
 		return 0;
 	}
 	return 1;
@@ -417,302 +122,8 @@ static int index_add(struct delivery *d, const char *qid, int64_t due)
 /* Puts a known (in flight) message back with its next due time. */
 static void index_requeue(struct delivery *d, const char *qid, int64_t due)
 {
-	if (heap_push(&d->heap, qid, due) < 0)
-		qset_del(&d->known, qid);   /* found again by the next walk */
-}
-
-/* ---- worker ----------------------------------------------------------------- */
-
-static void job_free(struct wjob *j)
-{
-	if (j == NULL)
-		return;
-	free(j->ents);
-	spool_envelope_free(&j->env);
-	free(j->root);
-	free(j->hostname);
-	free(j->mres);
-	free(j->mtext);
-	free(j->drcpts);
-	free(j->didx);
-	free(j->to);
-	free(j);
-}
-
-static void job_post(struct delivery *d, struct wjob *j)
-{
-	pthread_mutex_lock(&d->mu);
-	j->next = NULL;
-	if (d->jtail)
-		d->jtail->next = j;
-	else
-		d->jhead = j;
-	d->jtail = j;
-	pthread_cond_signal(&d->cv);
-	pthread_mutex_unlock(&d->mu);
-}
-
-static void job_done(struct delivery *d, struct wjob *j)
-{
-	pthread_mutex_lock(&d->mu);
-	j->next = NULL;
-	if (d->dtail)
-		d->dtail->next = j;
-	else
-		d->dhead = j;
-	d->dtail = j;
-	pthread_mutex_unlock(&d->mu);
-	event_active(d->done_ev, EV_READ, 0);
-}
-
-static bool worker_stopping(struct delivery *d)
-{
-	bool s;
-
-	pthread_mutex_lock(&d->mu);
-	s = d->stop;
-	pthread_mutex_unlock(&d->mu);
-	return s;
-}
-
-struct scan_ctx {
-	struct delivery *d;
-	struct wjob *chunk;
-	size_t total;
-};
-
-static int64_t env_due(const struct spool_envelope *env)
-{
-	int64_t due = INT64_MAX;
-
-	for (size_t i = 0; i < env->n_rcpts; i++) {
-		const struct spool_rcpt *r = &env->rcpts[i];
-
-		if (r->state == SPOOL_RCPT_QUEUED)
-			due = 0;
-		else if (r->state == SPOOL_RCPT_DEFERRED && r->next_attempt < due)
-			due = r->next_attempt;
-	}
-	return due;
-}
-
-static int scan_cb(void *arg, const struct spool_envelope *env)
-{
-	struct scan_ctx *s = arg;
-	struct wjob *c = s->chunk;
-
-	if (c->ents == NULL && (c->ents = calloc(SCAN_CHUNK, sizeof *c->ents)) == NULL)
-		return -2;
-	memcpy(c->ents[c->n_ents].qid, env->qid, SPOOL_QID_SIZE);
-	c->ents[c->n_ents++].due = env_due(env);
-	s->total++;
-	if (c->n_ents == SCAN_CHUNK) {
-		struct wjob *n = calloc(1, sizeof *n);
-
-		if (n == NULL)
-			return -2;
-		n->type = WJ_SCAN;
-		job_done(s->d, c);
-		s->chunk = n;
-		if (worker_stopping(s->d))
-			return 1;
-	}
-	return 0;
-}
-
-static void work_scan(struct delivery *d, struct wjob *j)
-{
-	struct scan_ctx s = { .d = d, .chunk = j };
-	struct timespec a, b;
-	int rc;
-
-	clock_gettime(CLOCK_MONOTONIC, &a);
-	rc = spool_foreach_pending(d->spool, scan_cb, &s, j->err, sizeof j->err);
-	clock_gettime(CLOCK_MONOTONIC, &b);
-	j = s.chunk;
-	j->last = true;
-	j->total = s.total;
-	j->ms = (b.tv_sec - a.tv_sec) * 1000 + (b.tv_nsec - a.tv_nsec) / 1000000;
-	j->rc = rc < 0 ? -1 : 0;
-	if (rc == -2)
-		snprintf(j->err, sizeof j->err, "out of memory");
-	job_done(d, j);
-}
-
-static void work_maildir(struct delivery *d, struct wjob *j)
-{
-	struct dgroup *g = j->g;
-	const struct spool_envelope *env = g->m->env;
-	struct spool_body *body = NULL;
-	size_t n = g->job_n;
-	int rc;
-
-	rc = spool_body_open(d->spool, env->qid, &body, j->err, sizeof j->err);
-	for (size_t k = 0; k < n; k++) {
-		const char *addr = env->rcpts[g->job_idx[k]].addr, *at = strrchr(addr, '@');
-		char lp[MAILDIR_LOCALPART_MAX * 4 + 8], path[4096];
-		struct maildir_msg msg = { .fd = -1 };
-		size_t len = 0, lpn = at ? (size_t)(at - addr) : strlen(addr);
-
-		if (rc != 0) {
-			j->mres[k] = MAILDIR_TEMP;
-			snprintf(j->mtext[k], sizeof j->mtext[k], "cannot read the message: %s",
-				 rc == 1 ? "no such message" : j->err);
-			continue;
-		}
-		if (lpn >= sizeof lp)
-			lpn = sizeof lp - 1;
-		memcpy(lp, addr, lpn);
-		lp[lpn] = '\0';
-		msg.localpart = lp;
-		msg.domain = at ? at + 1 : d->cfg.default_domain;
-		msg.sender = env->sender;
-		msg.mem = spool_body_mem(body, &len);
-		msg.fd = spool_body_fd(body);
-		msg.size = msg.mem ? len : spool_body_size(body);
-		msg.seq = d->seq++;
-		msg.hostname = j->hostname;
-		j->mres[k] = maildir_deliver(j->root, &msg, path, sizeof path,
-					     j->mtext[k], sizeof j->mtext[k]);
-		if (j->mres[k] == MAILDIR_OK)
-			snprintf(j->mtext[k], sizeof j->mtext[k], "delivered to %s", path);
-	}
-	spool_body_close(&body);
-	job_done(d, j);
-}
-
-/* Reads up to `max` bytes of the body of qid.  Returns a malloc'd buffer
- * (length in *len_r), or NULL with err. */
-static char *read_body(struct delivery *d, const char *qid, size_t max, size_t *len_r,
-		       char *err, size_t errlen)
-{
-	struct spool_body *b = NULL;
-	char *buf;
-	size_t len = 0;
-	int rc = spool_body_open(d->spool, qid, &b, err, errlen);
-
-	if (rc != 0) {
-		if (rc == 1)
-			snprintf(err, errlen, "no such message");
-		return NULL;
-	}
-	if (max > spool_body_size(b))
-		max = (size_t)spool_body_size(b);
-	if ((buf = malloc(max + 1)) == NULL) {
-		spool_body_close(&b);
-		snprintf(err, errlen, "out of memory");
-		return NULL;
-	}
-	while (len < max) {
-		ssize_t r = spool_body_read(b, buf + len, max - len);
-
-		if (r <= 0)
-			break;
-		len += (size_t)r;
-	}
-	spool_body_close(&b);
-	buf[len] = '\0';
-	*len_r = len;
-	return buf;
-}
-
-static void work_notify(struct delivery *d, struct wjob *j)
-{
-	const struct spool_envelope *env = j->m->env;
-	struct dsn_msg dm = { 0 };
-	struct spool_msg *msg = NULL;
-	char *orig = NULL, *text = NULL, mid[SPOOL_QID_SIZE + 300];
-	size_t olen = 0, tlen = 0, want = HDR_READ_MAX;
-	bool full = j->kind == DSN_FAILURE && env->dsn_ret != SPOOL_RET_HDRS &&
-		    env->body_type != SPOOL_BODY_BINARYMIME && env->size <= DSN_FULL_MAX;
-
-	if (full)
-		want = (size_t)env->size;
-	orig = read_body(d, env->qid, want, &olen, j->err, sizeof j->err);
-	/* A report without the original is better than none. */
-	if ((msg = spool_msg_new(d->spool, j->err, sizeof j->err)) == NULL)
-		goto fail;
-	snprintf(mid, sizeof mid, "%s.%s@%s", spool_msg_qid(msg),
-		 j->kind == DSN_FAILURE ? "bounce" : "delay", j->hostname);
-	dm.kind = j->kind;
-	dm.reporting_mta = j->hostname;
-	dm.qid = env->qid;
-	dm.message_id = mid;
-	dm.to = j->to;
-	dm.envid = env->envid;
-	dm.ret = full ? SPOOL_RET_FULL : SPOOL_RET_HDRS;
-	dm.arrival = env->arrival;
-	dm.now = now_s();
-	dm.original = orig;
-	dm.original_len = olen;
-	dm.original_size = env->size;
-	if (dsn_build(&dm, j->drcpts, j->n_d, &text, &tlen, j->err, sizeof j->err) < 0)
-		goto fail;
-	spool_msg_set_arrival(msg, dm.now);
-	if (full && env->body_type == SPOOL_BODY_8BITMIME)
-		spool_msg_set_body_type(msg, SPOOL_BODY_8BITMIME);
-	spool_msg_set_smtputf8(msg, env->smtputf8);
-	if (spool_msg_set_sender(msg, "") < 0 ||
-	    spool_msg_set_client(msg, "", j->hostname) < 0 ||
-	    spool_msg_add_rcpt(msg, j->to, 0, NULL) < 0) {
-		snprintf(j->err, sizeof j->err, "cannot build the envelope (out of memory or bad address)");
-		goto fail;
-	}
-	if (spool_msg_append(msg, text, tlen, j->err, sizeof j->err) < 0)
-		goto fail;
-	if (spool_commit(d->spool, &msg, j->dsn_qid, j->err, sizeof j->err) < 0)
-		goto fail;
-	j->rc = 0;
-	goto out;
-fail:
-	j->rc = -1;
-	spool_msg_abort(&msg);
-out:
-	free(orig);
-	free(text);
-	job_done(d, j);
-}
-
-static void work_load(struct delivery *d, struct wjob *j)
-{
-	j->rc = spool_load(d->spool, j->qid, &j->env, j->err, sizeof j->err);
-	job_done(d, j);
-}
-
-static void *worker(void *arg)
-{
-	struct delivery *d = arg;
-
-	for (;;) {
-		struct wjob *j;
-
-		pthread_mutex_lock(&d->mu);
-		while (!d->stop && d->jhead == NULL)
-			pthread_cond_wait(&d->cv, &d->mu);
-		if (d->stop) {
-			pthread_mutex_unlock(&d->mu);
-			return NULL;
-		}
-		j = d->jhead;
-		d->jhead = j->next;
-		if (d->jhead == NULL)
-			d->jtail = NULL;
-		pthread_mutex_unlock(&d->mu);
-		switch (j->type) {
-		case WJ_SCAN:
-			work_scan(d, j);
-			break;
-		case WJ_LOAD:
-			work_load(d, j);
-			break;
-		case WJ_MAILDIR:
-			work_maildir(d, j);
-			break;
-		case WJ_NOTIFY:
-			work_notify(d, j);
-			break;
-		}
-	}
+	if (delivery_heap_push(&d->heap, qid, due) < 0)
+		delivery_qset_del(&d->known, qid);   /* found again by the next walk */
 }
 
 /* ---- next hops ------------------------------------------------------------- */
@@ -890,7 +301,7 @@ static void start_maildir(struct dgroup *g, const struct route *r)
 	    (j->mtext = calloc(g->job_n, sizeof *j->mtext)) == NULL ||
 	    (j->root = strdup(r->target)) == NULL ||
 	    (j->hostname = strdup(d->cfg.hostname)) == NULL) {
-		job_free(j);
+		delivery_job_free(j);
 		hop_release(g);
 		group_set_all(g, RS_TEMP, 0, "4.3.0", "out of memory", r->key);
 		g->ri++;
@@ -899,7 +310,7 @@ static void start_maildir(struct dgroup *g, const struct route *r)
 	}
 	j->type = WJ_MAILDIR;
 	j->g = g;
-	job_post(d, j);
+	delivery_job_post(d, j);
 }
 
 static void maildir_done(struct delivery *d, struct wjob *j)
@@ -1512,7 +923,7 @@ static void msg_record(struct dmsg *m)
 			free(rc);
 			evlog_emit(d->log, EV_DELIVERY_SPOOL_FAILED, EVF_S("reason", err));
 		}
-		qset_del(&d->known, env->qid);
+		delivery_qset_del(&d->known, env->qid);
 		d->st.removed++;
 	} else {
 		/* Results reach the spool within one group commit; never
@@ -1605,10 +1016,10 @@ static void notify_post(struct dmsg *m, enum dsn_kind kind, const char *to, bool
 	j->n_d = n;
 	j->dbl = dbl;
 	m->notify_left++;
-	job_post(d, j);
+	delivery_job_post(d, j);
 	return;
 oom:
-	job_free(j);
+	delivery_job_free(j);
 	evlog_emit(d->log, EV_DELIVERY_BOUNCE_FAILED, EVF_S("qid", env->qid),
 		   EVF_S("kind", kind == DSN_FAILURE ? "failure" : "delay"),
 		   EVF_S("reason", "out of memory"));
@@ -1699,7 +1110,7 @@ static void post_scan(struct delivery *d)
 	d->scanning = true;
 	d->scan_again = false;
 	d->last_scan = now_s();
-	job_post(d, j);
+	delivery_job_post(d, j);
 }
 
 static void scan_done(struct delivery *d, struct wjob *j)
@@ -1725,7 +1136,7 @@ static void load_done(struct delivery *d, struct wjob *j)
 	struct dmsg *m;
 
 	if (j->rc == 1) {
-		qset_del(&d->known, j->qid);
+		delivery_qset_del(&d->known, j->qid);
 		d->n_active--;
 		return;
 	}
@@ -1783,7 +1194,7 @@ static void done_cb(evutil_socket_t fd, short what, void *arg)
 			notify_done(d, j);
 			break;
 		}
-		job_free(j);
+		delivery_job_free(j);
 	}
 	pump(d);
 }
@@ -1811,7 +1222,7 @@ static void pump(struct delivery *d)
 		struct hent e;
 		struct wjob *j;
 
-		heap_pop(&d->heap, &e);
+		delivery_heap_pop(&d->heap, &e);
 		if ((j = calloc(1, sizeof *j)) == NULL) {
 			index_requeue(d, e.qid, now + ERROR_RETRY);
 			break;
@@ -1819,7 +1230,7 @@ static void pump(struct delivery *d)
 		j->type = WJ_LOAD;
 		memcpy(j->qid, e.qid, SPOOL_QID_SIZE);
 		d->n_active++;
-		job_post(d, j);
+		delivery_job_post(d, j);
 	}
 	if (now - d->last_scan >= RESCAN_SECS)
 		post_scan(d);
@@ -1858,7 +1269,7 @@ static void delivery_destroy(struct delivery *d)
 			struct wjob *j = lists[k];
 
 			lists[k] = j->next;
-			job_free(j);
+			delivery_job_free(j);
 		}
 	while (d->active != NULL)
 		msg_free(d->active);
@@ -1915,7 +1326,7 @@ struct delivery *delivery_new(struct event_base *base, const struct carrier_conf
 		snprintf(err, errlen, "delivery: cannot create its events");
 		goto fail;
 	}
-	if ((e = pthread_create(&d->thread, NULL, worker, d)) != 0) {
+	if ((e = pthread_create(&d->thread, NULL, delivery_worker_main, d)) != 0) {
 		snprintf(err, errlen, "delivery: cannot start its thread: %s", strerror(e));
 		goto fail;
 	}
