@@ -226,3 +226,97 @@ def test_sink_as_a_process(driver, tmp_path):
     recs = [json.loads(l) for l in (rec / "transactions.jsonl").read_text().splitlines()]
     assert len(recs) == 20
     assert recs[0]["delivered"] == ["ok@x.test"] and recs[0]["rejected"] == ["perm@x.test"]
+
+
+DOVECOT = "/usr/sbin/dovecot"
+
+
+@pytest.fixture
+def dovecot(tmp_path):
+    """A private Dovecot LMTP server (dovecot-lmtpd) on a Unix socket and a
+    loopback port, delivering to Maildirs under a temp dir."""
+    import pwd
+    import time
+    if not os.path.exists(DOVECOT):
+        pytest.skip("dovecot-lmtpd is not installed (scripts/deps test)")
+    if os.geteuid() != 0:
+        pytest.skip("the private Dovecot needs root to switch to the mail user")
+    try:
+        pw = pwd.getpwnam("carrier")
+    except KeyError:
+        pytest.skip("no 'carrier' user (scripts/deps test creates it)")
+    d = pathlib.Path(tempfile.mkdtemp(prefix="carrier-dovecot-"))
+    d.chmod(0o755)
+    mail = d / "mail"
+    mail.mkdir()
+    os.chown(mail, pw.pw_uid, pw.pw_gid)
+    port = closed_port()
+    conf = d / "dovecot.conf"
+    conf.write_text(f"""protocols = lmtp
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+ssl = no
+listen = 127.0.0.1
+first_valid_uid = 1
+mail_location = maildir:{mail}/%n
+passdb {{
+  driver = static
+  args = nopassword=y
+}}
+userdb {{
+  driver = static
+  args = uid={pw.pw_uid} gid={pw.pw_gid} home={mail}/%n
+}}
+service lmtp {{
+  unix_listener lmtp {{
+    mode = 0666
+  }}
+  inet_listener lmtp {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+}}
+""")
+    proc = subprocess.Popen([DOVECOT, "-F", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+    sock = d / "run" / "lmtp"
+    deadline = time.time() + 10
+    while not sock.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert sock.exists(), (d / "dovecot.log").read_text() if (d / "dovecot.log").exists() else ""
+    yield {"dir": d, "mail": mail, "socket": sock, "port": port}
+    proc.terminate()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    import shutil
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_dovecot_lmtp_per_recipient_replies(driver, dovecot, tmp_path):
+    # dave's Maildir path is a plain file: Dovecot fails that recipient
+    # alone after the dot, alice and bob are saved.
+    (dovecot["mail"] / "dave").write_text("")
+    body = b"Subject: lmtp\r\n\r\n.leading dot\r\nend"
+    jobs, _ = run(driver, tmp_path, [f"unix:{dovecot['socket']}"],
+                  ["alice@x.test", "dave@x.test", "bob@x.test"], body=body,
+                  extra=["--lmtp", "--nexthop", "lmtp:dovecot"])
+    assert classes(jobs[0]) == [("OK", 250), ("TEMP", 451), ("OK", 250)]
+    assert "Saved" in jobs[0]["rcpts"][0]["text"]
+    for user in ("alice", "bob"):
+        files = list((dovecot["mail"] / user / "new").iterdir())
+        assert len(files) == 1
+        text = files[0].read_bytes()
+        assert text.endswith(b"Subject: lmtp\n\n.leading dot\nend\n"), text
+
+
+def test_dovecot_lmtp_over_tcp_with_reuse(driver, dovecot, tmp_path):
+    jobs, stats = run(driver, tmp_path, [f"127.0.0.1:{dovecot['port']}"], ["carol@x.test"],
+                      extra=["--lmtp", "--nexthop", "lmtp:dovecot-tcp", "--count", "5",
+                             "--conns", "1"])
+    assert all(classes(j) == [("OK", 250)] for j in jobs)
+    assert stats["connects"] == 1 and stats["reuses"] == 4
+    assert len(list((dovecot["mail"] / "carol" / "new").iterdir())) == 5
