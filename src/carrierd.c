@@ -36,11 +36,14 @@
 #include "counters.h"
 #include "counters_ctl.h"
 #include "diag.h"
+#include "dns.h"
 #include "evlog.h"
 #include "local.h"
 #include "metrics.h"
+#include "route.h"
 #include "smtp_server.h"
 #include "spool.h"
+#include "track.h"
 
 /* Exit statuses beyond diag.h's checks. */
 enum {
@@ -69,6 +72,9 @@ struct daemon {
 	struct smtp_server *smtp;
 	struct local *local;
 	struct metrics *metrics;
+	struct route_table *routes;
+	struct dns *dns;
+	struct track *track;
 	struct evconnlistener **listeners;
 	size_t n_listeners;
 	struct event *signals[4];
@@ -155,6 +161,7 @@ static int check_only(const struct options *o)
 {
 	struct conf_errors errs = { 0 };
 	struct carrier_conf *c = conf_load(o->conf_path, &errs);
+	struct route_table *rt;
 	char line[1024];
 
 	if (c == NULL) {
@@ -167,12 +174,49 @@ static int check_only(const struct options *o)
 		conf_errors_clear(&errs);
 		return DIAG_EXIT_CONFIG;
 	}
+	rt = route_table_new(c, &errs);
+	if (rt == NULL) {
+		for (size_t i = 0; i < errs.n; i++) {
+			conf_error_format(&errs.v[i], line, sizeof line);
+			fprintf(stderr, "%s\n", line);
+		}
+		fprintf(stderr, "%s: %zu error%s\n", c->path, errs.n, errs.n == 1 ? "" : "s");
+		conf_errors_clear(&errs);
+		conf_free(&c);
+		return DIAG_EXIT_CONFIG;
+	}
+	route_table_free(&rt);
 	if (o->print_conf)
 		conf_dump(c, stdout);
 	else
 		printf("%s: configuration OK\n", c->path);
 	conf_free(&c);
 	return 0;
+}
+
+/*
+ * Loads the configuration and builds its routing table: both are the
+ * configuration, and both report FILE:LINE errors.  Returns 0, or the
+ * number of errors (each already emitted as an event).
+ */
+static size_t load_conf(struct daemon *d, struct carrier_conf **conf_r,
+			struct route_table **routes_r)
+{
+	struct conf_errors errs = { 0 };
+	size_t n = 0;
+
+	*routes_r = NULL;
+	*conf_r = conf_load(d->opt.conf_path, &errs);
+	if (*conf_r != NULL && (*routes_r = route_table_new(*conf_r, &errs)) == NULL)
+		conf_free(conf_r);
+	if (*conf_r == NULL) {
+		report_conf_errors(d, &errs, d->opt.conf_path);
+		n = errs.n ? errs.n : 1;
+	} else {
+		route_table_set_log(*routes_r, d->log);
+	}
+	conf_errors_clear(&errs);
+	return n;
 }
 
 /* ---- identity ----------------------------------------------------------- */
@@ -497,23 +541,20 @@ static bool restart_key_changed(const struct carrier_conf *a, const struct carri
 /* Returns 0 when the new configuration is in force, else the error count. */
 static size_t reload(struct daemon *d)
 {
-	struct conf_errors errs = { 0 };
 	struct carrier_conf *nc, *old;
+	struct route_table *nr;
 	char what[256];
 	size_t n;
 	int moved = chdir(d->start_dir);
 
 	/* Relative paths in the file mean what they meant at start. */
-	nc = conf_load(d->opt.conf_path, &errs);
+	n = load_conf(d, &nc, &nr);
 	if (moved == 0 && !d->opt.foreground && chdir("/") < 0)
 		(void)0;
-	if (nc == NULL) {
-		report_conf_errors(d, &errs, d->conf->path);
-		n = errs.n;
+	if (n > 0) {
 		evlog_emit(d->log, EV_CORE_RELOAD_REFUSED, EVF_S("config", d->conf->path),
 			   EVF_I("errors", n));
-		conf_errors_clear(&errs);
-		return n ? n : 1;
+		return n;
 	}
 	if (restart_key_changed(d->conf, nc, what, sizeof what))
 		evlog_emit(d->log, EV_CORE_RELOAD_PARTIAL, EVF_S("keys", what));
@@ -524,6 +565,10 @@ static size_t reload(struct daemon *d)
 		smtp_server_set_conf(d->smtp, nc);
 	if (d->local)
 		local_set_conf(d->local, nc);
+	/* Queued recipients keep only addresses; the next attempt routes them
+	 * with the new table, so nothing is lost or bounced by a reload. */
+	route_table_free(&d->routes);
+	d->routes = nr;
 	/* Keys that need a restart keep their running values in effect;
 	 * the modules holding them copied what they needed at start. */
 	conf_free(&old);
@@ -686,6 +731,7 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 				   EVF_S("reason", err));
 		else
 			evlog_emit0(d->log, EV_CORE_LOGS_REOPENED);
+		track_reopen(d->track);
 		break;
 	}
 }
@@ -759,6 +805,11 @@ static void hand_over_files(struct daemon *d)
 			evlog_emit(d->log, EV_CORE_LOG_DIR_NOT_WRITABLE,
 				   EVF_S("path", d->conf->log_json), EVF_S("user", d->conf->user));
 	}
+	/* The tracking directory: readable by the daemon's group (admins). */
+	if (d->conf->track_path[0] && mkdir_parent(d->conf->track_path) == 0 &&
+	    mkdir(d->conf->track_path, 0750) == 0 &&
+	    chown(d->conf->track_path, d->run_uid, d->run_gid) < 0)
+		(void)0;    /* track_new reports an unusable directory */
 	if (mkdir_parent(d->conf->maildir_path) == 0 &&
 	    (mkdir(d->conf->maildir_path, 0700) == 0 || errno == EEXIST)) {
 		struct stat st;
@@ -783,13 +834,34 @@ static void message_queued(void *arg, const char *qid)
 	local_kick_qid(d->local, qid);
 }
 
+/* Optional services: each failure is a warning and mail flows on. */
+static void start_optional(struct daemon *d)
+{
+	char err[512];
+
+	d->dns = dns_new(d->base, d->conf, d->log, err, sizeof err);
+	if (d->dns == NULL)
+		evlog_emit(d->log, EV_DNS_INIT_FAILED, EVF_S("reason", err));
+	else
+		dns_set_counters(d->dns, counters_block(d->ctr));
+	if (d->conf->track_path[0]) {
+		d->track = track_new(d->conf->track_path, (d->conf->track_retention + 86399) / 86400,
+				     d->log, err, sizeof err);
+		if (d->track == NULL)
+			evlog_emit(d->log, EV_TRACK_DISABLED, EVF_S("dir", d->conf->track_path),
+				   EVF_S("reason", err));
+	}
+}
+
 static int start_serving(struct daemon *d, int *fds)
 {
 	char err[512];
 
+	start_optional(d);
 	d->smtp = smtp_server_new(d->base, d->conf, d->log, d->ctr, d->spool, err, sizeof err);
 	if (d->smtp == NULL)
 		return loop_fail(d, err);
+	smtp_server_set_track(d->smtp, d->track);
 	/* After dropping root: Maildir files are created as the user. */
 	d->local = local_new(d->base, d->conf, d->log, d->ctr, d->spool, err, sizeof err);
 	if (d->local == NULL)
@@ -866,6 +938,8 @@ static void shutdown_daemon(struct daemon *d)
 	stop_listeners(d);
 	smtp_server_free(&d->smtp);
 	local_free(&d->local);
+	track_free(&d->track);
+	dns_free(&d->dns);
 	spool_close(&d->spool);
 	control_free(&d->control);
 	for (size_t i = 0; i < 4; i++)
@@ -879,13 +953,14 @@ static void shutdown_daemon(struct daemon *d)
 		event_base_free(d->base);
 	evlog_emit(d->log, EV_CORE_STOPPED, EVF_I("uptime", uptime));
 	pidfile_remove(d);
+	route_table_free(&d->routes);
 	conf_free(&d->conf);
 }
 
 int main(int argc, char **argv)
 {
 	struct daemon d = { .pidfile_fd = -1, .ready_fd = -1 };
-	struct conf_errors errs = { 0 };
+	size_t n_errors;
 	int rc;
 
 	if (parse_args(argc, argv, &d.opt) < 0)
@@ -899,14 +974,12 @@ int main(int argc, char **argv)
 	if (d.log == NULL)
 		return CARRIERD_EXIT_LOOP;
 	evlog_set_stderr(d.log, true);
-	d.conf = conf_load(d.opt.conf_path, &errs);
-	if (d.conf == NULL) {
-		report_conf_errors(&d, &errs, d.opt.conf_path);
-		if (errs.n > 0 && errs.v[0].line > 0)
+	n_errors = load_conf(&d, &d.conf, &d.routes);
+	if (n_errors > 0) {
+		if (d.opt.conf_path == NULL || access(d.opt.conf_path, R_OK) == 0)
 			evlog_emit(d.log, EV_CONFIG_INVALID,
 				   EVF_S("file", d.opt.conf_path ? d.opt.conf_path : "<embedded>"),
-				   EVF_I("errors", errs.n));
-		conf_errors_clear(&errs);
+				   EVF_I("errors", n_errors));
 		evlog_free(&d.log);
 		return DIAG_EXIT_CONFIG;
 	}

@@ -777,7 +777,7 @@ static char *dir_from_conf(const char *config)
 {
 	struct conf_errors errs = { 0 };
 	struct carrier_conf *conf = conf_load(config, &errs);
-	char *dir = NULL, *slash;
+	char *dir = NULL;
 
 	if (conf == NULL) {
 		for (size_t i = 0; i < errs.n; i++) {
@@ -789,16 +789,10 @@ static char *dir_from_conf(const char *config)
 		conf_errors_clear(&errs);
 		return NULL;
 	}
-	if ((dir = malloc(strlen(conf->spool_path) + 8)) != NULL) {
-		strcpy(dir, conf->spool_path);
-		while ((slash = strrchr(dir, '/')) != NULL && slash[1] == '\0' && slash != dir)
-			*slash = '\0';
-		slash = strrchr(dir, '/');
-		if (slash == NULL)
-			strcpy(dir, "track");
-		else
-			strcpy(slash + 1, "track");
-	}
+	if (conf->track_path[0] == '\0')
+		fprintf(stderr, "carrier track: tracking is off in %s ([track] dir = off)\n", conf->path);
+	else
+		dir = strdup(conf->track_path);
 	conf_free(&conf);
 	return dir;
 }

@@ -92,6 +92,9 @@ static const struct conf_key conf_keys[] = {
 
 	{ "counters", "shm_name", CT_STRING, OFF(shm_name), "/carrier", 0, 0, "a POSIX shared memory name starting with '/'" },
 
+	{ "track", "dir", CT_STRING, OFF(track_dir), "", 0, 0, "a directory for the daily tracking files, empty for a 'track' directory beside the spool, or off" },
+	{ "track", "retention", CT_DURATION, OFF(track_retention), "30d", 0, 3650 * 86400ULL, "a duration in days such as 30d, or 0 to keep every file" },
+
 	{ "metrics", "listen", CT_STRING, OFF(metrics_listen), "", 0, 0, "ADDRESS:PORT for the Prometheus/OpenMetrics endpoint (IPv6 as [ADDRESS]:PORT), or empty for none" },
 
 	{ "delivery", "retry_schedule", CT_DURATIONS, OFF(retry_schedule), "1m, 5m, 15m, 30m, 1h, 2h, 4h", 1, 7 * 86400, "a comma-separated list of durations from 1s to 7d; the last one repeats" },
@@ -662,11 +665,11 @@ static void suggest_key(const char *section, const char *name, char *out, size_t
 static void suggest_section(const char *section, char *out, size_t size)
 {
 	static const char *const sections[] = { "server", "smtp", "spool", "local",
-						"log", "control", "counters", "metrics", "delivery",
+						"log", "control", "counters", "track", "metrics", "delivery",
 						"dns", "route" };
 	size_t best = 3;
 
-	snprintf(out, size, " (expected one of [server], [smtp], [spool], [local], [log], [control], [counters], [metrics], [delivery], [dns], [route DOMAIN])");
+	snprintf(out, size, " (expected one of [server], [smtp], [spool], [local], [log], [control], [counters], [track], [metrics], [delivery], [dns], [route DOMAIN])");
 	for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
 		size_t d = edit_distance(section, sections[i]);
 
@@ -928,6 +931,38 @@ static void conf_validate(struct conf_parse *p)
 	}
 }
 
+/* [track] dir: empty means a "track" directory beside the spool (not in
+ * it: the spool is 0700 and admins read the tracking files); "off" turns
+ * tracking off. */
+static void conf_resolve_track(struct conf_parse *p, struct carrier_conf *c)
+{
+	char why[256], *dir, *slash;
+	size_t len = strlen(c->spool_path);
+
+	free(c->track_path);
+	c->track_path = NULL;
+	if (strcmp(c->track_dir, "off") == 0) {
+		c->track_path = xstrdup("");
+		return;
+	}
+	if (c->track_dir[0] != '\0') {
+		if (make_path(c->track_dir, &c->track_path, why, sizeof why) < 0) {
+			c->track_path = xstrdup("");
+			conf_err(p, 0, "track.dir", "%s", why);
+		}
+		return;
+	}
+	dir = malloc(len + 8);
+	if (dir == NULL)
+		abort();
+	memcpy(dir, c->spool_path, len + 1);
+	while (len > 1 && dir[len - 1] == '/')
+		dir[--len] = '\0';
+	slash = strrchr(dir, '/');
+	snprintf(slash ? slash + 1 : dir, 8, "track");
+	c->track_path = dir;
+}
+
 static struct carrier_conf *conf_parse_with(struct conf_parse *p, const char *name)
 {
 	struct carrier_conf *c = calloc(1, sizeof *c);
@@ -942,6 +977,7 @@ static struct carrier_conf *conf_parse_with(struct conf_parse *p, const char *na
 	ini_allow_multiline = false;
 	ini_parse_stream(conf_reader, p, conf_handler, p);
 	conf_validate(p);
+	conf_resolve_track(p, c);
 	if (p->errs->n > 0) {
 		conf_free(&c);
 		return NULL;
@@ -995,6 +1031,7 @@ void conf_free(struct carrier_conf **confp)
 		free(c->routes[i].tls);
 	}
 	free(c->routes);
+	free(c->track_path);
 	free(c->path);
 	free(c);
 	*confp = NULL;

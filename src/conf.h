@@ -108,6 +108,11 @@ struct carrier_conf {
 	/* [counters] */
 	char *shm_name;                 /* POSIX shm object, e.g. "/carrier" */
 
+	/* [track] */
+	char *track_dir;                /* as written: "", "off" or a path */
+	char *track_path;               /* resolved directory; "" = tracking off */
+	unsigned track_retention;       /* seconds; 0 = keep forever */
+
 	/* [metrics] */
 	char *metrics_listen;           /* "" = off; "127.0.0.1:9025" */
 

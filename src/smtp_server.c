@@ -276,3 +276,8 @@ void smtp_server_on_queued(struct smtp_server *srv, smtp_server_queued_fn *fn, v
 	srv->on_queued = fn;
 	srv->on_queued_arg = arg;
 }
+
+void smtp_server_set_track(struct smtp_server *srv, struct track *track)
+{
+	srv->track = track;
+}

@@ -44,6 +44,10 @@ int smtp_server_accept(struct smtp_server *srv, int fd,
 typedef void smtp_server_queued_fn(void *arg, const char *qid);
 void smtp_server_on_queued(struct smtp_server *srv, smtp_server_queued_fn *fn, void *arg);
 
+/* Records each accepted message in the tracking log (NULL: off). */
+struct track;
+void smtp_server_set_track(struct smtp_server *srv, struct track *track);
+
 /* Swaps in a reloaded configuration; sessions pick it up at their next
  * transaction.  The old conf must stay valid until this returns. */
 void smtp_server_set_conf(struct smtp_server *srv, const struct carrier_conf *conf);

@@ -37,6 +37,7 @@
 #include "policy.h"
 #include "smtp_parse.h"
 #include "spool.h"
+#include "track.h"
 
 #define OUT_HIGH (64u * 1024u)        /* unread replies: stop reading */
 #define DATA_CHUNK 16384u             /* DATA output buffer (stack) */
@@ -55,6 +56,8 @@ struct smtp_txn {
 	char *sender;                 /* "" for <> */
 	char *first_rcpt;
 	unsigned n_rcpts;
+	char **rcpts;                 /* kept only for the tracking log */
+	size_t n_kept;
 	enum spool_body_type body;
 	bool smtputf8;
 	bool bdat;                    /* BDAT used: DATA and RCPT refused */
@@ -157,8 +160,42 @@ static void txn_end(struct smtp_session *s)
 	spool_msg_abort(&t->msg);
 	free(t->sender);
 	free(t->first_rcpt);
+	for (size_t i = 0; i < t->n_kept; i++)
+		free(t->rcpts[i]);
+	free(t->rcpts);
 	free(t);
 	s->txn = NULL;
+}
+
+/* The tracking log names every recipient; without it nothing is kept.
+ * Out of memory only shortens the tracked list. */
+static void txn_keep_rcpt(struct smtp_session *s, const char *addr)
+{
+	struct smtp_txn *t = s->txn;
+	char **v, *copy;
+
+	if (s->srv->track == NULL || (copy = strdup(addr)) == NULL)
+		return;
+	v = realloc(t->rcpts, (t->n_kept + 1) * sizeof *v);
+	if (v == NULL) {
+		free(copy);
+		return;
+	}
+	t->rcpts = v;
+	t->rcpts[t->n_kept++] = copy;
+}
+
+static void txn_track(struct smtp_session *s, const char *qid, uint64_t size)
+{
+	struct smtp_txn *t = s->txn;
+	struct track_received r = {
+		.qid = qid, .client = s->addr, .helo = s->helo ? s->helo : "",
+		.size = size, .msgid = "", .sender = t->sender,
+		.rcpts = (const char *const *)t->rcpts, .n_rcpts = t->n_kept,
+	};
+
+	track_received(s->srv->track, &r);
+	track_queued(s->srv->track, qid, "smtp", t->sender, t->n_rcpts);
 }
 
 static void txn_fail_write(struct smtp_session *s, const char *why)
@@ -264,6 +301,7 @@ static void commit_done(void *arg, int rc, const char *qid, const char *err)
 			   EVF_S("client", s->addr), EVF_S("sender", t->sender),
 			   EVF_I("rcpts", t->n_rcpts),
 			   EVF_I("size", t->bdat ? t->bdat_total : smtp_parse_data_size(&t->data)));
+		txn_track(s, qid, t->bdat ? t->bdat_total : smtp_parse_data_size(&t->data));
 	} else {
 		evlog_emit(s->srv->log, EV_SMTP_IN_COMMIT_FAILED, EVF_S("qid", qid),
 			   EVF_S("client", s->addr), EVF_S("reason", err ? err : "?"));
@@ -521,6 +559,7 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_parse_command *cm
 		reply_err(s, "RCPT", 451, "4.3.0", "Local error: out of memory");
 		return;
 	}
+	txn_keep_rcpt(s, addr);
 	t->n_rcpts++;
 	reply(s, 250, "2.1.5", "Ok");
 }

@@ -50,6 +50,7 @@ struct smtp_server {
 	struct smtp_session *sessions;
 	struct smtp_ipent **ip_table;      /* per-address session counts */
 	size_t ip_buckets;
+	struct track *track;               /* tracking log, NULL = off */
 	smtp_server_queued_fn *on_queued;  /* after each durable commit */
 	void *on_queued_arg;
 };
