@@ -300,7 +300,8 @@ static void start_maildir(struct dgroup *g, const struct route *r)
 	    (j->mres = calloc(g->job_n, sizeof *j->mres)) == NULL ||
 	    (j->mtext = calloc(g->job_n, sizeof *j->mtext)) == NULL ||
 	    (j->root = strdup(r->target)) == NULL ||
-	    (j->hostname = strdup(d->cfg.hostname)) == NULL) {
+	    (j->hostname = strdup(d->cfg.hostname)) == NULL ||
+	    (j->domain = strdup(d->cfg.default_domain)) == NULL) {
 		delivery_job_free(j);
 		hop_release(g);
 		group_set_all(g, RS_TEMP, 0, "4.3.0", "out of memory", r->key);
@@ -1369,9 +1370,8 @@ void delivery_set_conf(struct delivery *d, const struct carrier_conf *conf,
 	}
 	smtp_client_opts_from_conf(&o, conf);
 	smtp_client_set_opts(d->client, &o);
-	/* New routes may apply to mail waiting for a retry: no; it keeps
-	 * its schedule (nothing is re-bounced or lost, only re-routed when
-	 * its time comes). */
+	/* Queued mail keeps its schedule and meets the new routes at its
+	 * next attempt: nothing is lost or re-bounced. */
 	pump(d);
 }
 

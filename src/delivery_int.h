@@ -146,7 +146,7 @@ struct wjob {
 	/* WJ_MAILDIR and WJ_NOTIFY */
 	struct dgroup *g;
 	struct dmsg *m;
-	char *root, *hostname;
+	char *root, *hostname, *domain;   /* copies: a reload may free the cfg */
 	enum maildir_result *mres;
 	char (*mtext)[SMTP_CLIENT_TEXT_MAX];
 	/* WJ_NOTIFY */

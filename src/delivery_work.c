@@ -33,6 +33,7 @@ void delivery_job_free(struct wjob *j)
 	spool_envelope_free(&j->env);
 	free(j->root);
 	free(j->hostname);
+	free(j->domain);
 	free(j->mres);
 	free(j->mtext);
 	free(j->drcpts);
@@ -167,7 +168,7 @@ static void work_maildir(struct delivery *d, struct wjob *j)
 		memcpy(lp, addr, lpn);
 		lp[lpn] = '\0';
 		msg.localpart = lp;
-		msg.domain = at ? at + 1 : d->cfg.default_domain;
+		msg.domain = at ? at + 1 : j->domain;
 		msg.sender = env->sender;
 		msg.mem = spool_body_mem(body, &len);
 		msg.fd = spool_body_fd(body);
