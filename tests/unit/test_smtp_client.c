@@ -22,6 +22,7 @@
 
 #include "test_util.h"
 
+#include "conf.h"
 #include "smtp_client.h"
 
 /* ---- the scripted server --------------------------------------------------- */
@@ -35,6 +36,8 @@ struct srv_opts {
 	bool ehlo_fails;          /* 500 to EHLO */
 	bool silent;              /* never greet */
 	unsigned greeting;        /* 0 = 220 */
+	const char *raw_greeting; /* sent as is instead of a greeting */
+	const char *mail_raw;     /* sent as is as the reply to MAIL */
 	unsigned mail_code;       /* 0 = 250 */
 	uint64_t size;            /* SIZE limit advertised (0 = "SIZE") */
 	bool close_after_dot;     /* hang up right after the dot's reply */
@@ -104,7 +107,9 @@ static void srv_command(struct srv_conn *sc, struct bufferevent *bev, char *line
 		evbuffer_add_printf(out, "250 test.example\r\n");
 	} else if (prefix(line, "MAIL")) {
 		sc->n_rcpts = 0;
-		if (s->o.mail_code)
+		if (s->o.mail_raw)
+			evbuffer_add(out, s->o.mail_raw, strlen(s->o.mail_raw));
+		else if (s->o.mail_code)
 			evbuffer_add_printf(out, "%u 4.3.2 not now\r\n", s->o.mail_code);
 		else
 			evbuffer_add_printf(out, "250 2.1.0 ok\r\n");
@@ -211,7 +216,10 @@ static void srv_accept_cb(struct evconnlistener *lis, evutil_socket_t fd,
 	s->accepted++;
 	bufferevent_setcb(bev, srv_read_cb, srv_write_cb, srv_event_cb, sc);
 	bufferevent_enable(bev, EV_READ | EV_WRITE);
-	if (!s->o.silent) {
+	if (s->o.raw_greeting) {
+		evbuffer_add(bufferevent_get_output(bev), s->o.raw_greeting,
+			     strlen(s->o.raw_greeting));
+	} else if (!s->o.silent) {
 		if (s->o.greeting)
 			evbuffer_add_printf(bufferevent_get_output(bev), "%u 5.7.1 go away\r\n",
 					    s->o.greeting);
@@ -827,6 +835,77 @@ static void test_lmtp(void **state)
 	fx_free(f);
 }
 
+/* Hostile peers: an over-long greeting line fails that destination; a
+ * malformed reply after MAIL makes every recipient TEMP; the text that
+ * reaches the result is bounded and printable. */
+static void test_hostile_replies(void **state)
+{
+	struct fixture *f = fx_new();
+	static char longline[4000];
+	struct srv_opts o1 = { .raw_greeting = longline };
+	struct srv_opts o2 = { .mail_raw = "25x broken\r\n" };
+	struct srv_opts o3 = { .mail_raw = "451-4.3.0 a\x01\x7f\xff\r\n451 second line\r\n" };
+	struct srv *s1, *s2, *s3;
+	struct mem_body b = { .data = "x\r\n", .len = 3 };
+	struct smtp_client_rcpt r[2] = { { "ok1@x.test", 0, NULL }, { "ok2@x.test", 0, NULL } };
+	struct smtp_client_dest d;
+	struct smtp_client_job j;
+	struct outcome a = { 0 }, c = { 0 }, e = { 0 };
+	struct outcome *osa[] = { &a }, *osc[] = { &c }, *ose[] = { &e };
+
+	(void)state;
+	memset(longline, 'A', sizeof longline - 3);
+	memcpy(longline, "220 ", 4);
+	memcpy(longline + sizeof longline - 3, "\r\n", 2);
+	s1 = srv_new(f->base, &o1);
+	s2 = srv_new(f->base, &o2);
+	s3 = srv_new(f->base, &o3);
+	dest_port(&d, s1->port, "long.test");
+	job_init(&j, r, 2, &d, 1, &b);
+	submit(f, &j, &a);
+	run_until(f->base, osa, 1);
+	assert_false(a.res.connected);
+	assert_rcpt(&a, 0, SMTP_CLIENT_TEMP, 0);
+	assert_contains(a.res.attempts[0].reason, "too long");
+
+	dest_port(&d, s2->port, "broken.test");
+	submit(f, &j, &c);
+	run_until(f->base, osc, 1);
+	assert_true(c.res.connected);
+	assert_rcpt(&c, 0, SMTP_CLIENT_TEMP, 0);
+	assert_rcpt(&c, 1, SMTP_CLIENT_TEMP, 0);
+
+	dest_port(&d, s3->port, "odd.test");
+	submit(f, &j, &e);
+	run_until(f->base, ose, 1);
+	assert_rcpt(&e, 0, SMTP_CLIENT_TEMP, 451);
+	assert_string_equal(e.res.rcpts[0].text, "a???; second line");
+	srv_free(s1);
+	srv_free(s2);
+	srv_free(s3);
+	fx_free(f);
+}
+
+static void test_opts_from_conf(void **state)
+{
+	struct conf_errors errs = { 0 };
+	struct carrier_conf *conf = conf_load_string("t.conf",
+		"[server]\nhostname = mx.example.org\n"
+		"[delivery]\nconnect_timeout = 7s\ncommand_timeout = 2m\n"
+		"data_timeout = 9m\nmax_connections_per_destination = 3\n", &errs);
+	struct smtp_client_opts o;
+
+	(void)state;
+	assert_non_null(conf);
+	smtp_client_opts_from_conf(&o, conf);
+	assert_int_equal(o.connect_ms, 7000);
+	assert_int_equal(o.command_ms, 120000);
+	assert_int_equal(o.data_ms, 540000);
+	assert_int_equal(o.max_conns, 3);
+	assert_string_equal(o.helo_name, "mx.example.org");
+	conf_free(&conf);
+}
+
 static void test_bad_jobs(void **state)
 {
 	struct fixture *f = fx_new();
@@ -865,6 +944,8 @@ int main(void)
 		cmocka_unit_test(test_mail_temp_and_dsn),
 		cmocka_unit_test(test_no_dsn_relayed),
 		cmocka_unit_test(test_lmtp),
+		cmocka_unit_test(test_hostile_replies),
+		cmocka_unit_test(test_opts_from_conf),
 		cmocka_unit_test(test_bad_jobs),
 	};
 
