@@ -1194,6 +1194,12 @@ static void reply_txn(struct sc_conn *conn, const struct smtp_parse_reply *r)
 		break;
 	case EXP_DATA:
 		if (job->mail_failed || job->n_accepted == 0) {
+			if (r->code == 354 && job->mode == SMTP_CLIENT_LMTP) {
+				/* How many replies would follow the dot is
+				 * unknown: out of sync, hang up. */
+				txn_end(conn, 421, false);
+				return;
+			}
 			if (r->code == 354) {
 				conn_printf(conn, ".\r\n");
 				exp_push(conn, EXP_DOT_EMPTY, 0);
