@@ -330,3 +330,44 @@ def test_doctor_warns_about_shared_memory_but_passes(workdir):
     line = [l for l in p.stdout.splitlines() if "counters:" in l]
     assert line and line[0].startswith("WARN"), p.stdout
     assert "Read-only file system" in line[0]
+
+
+def test_hostile_values_cannot_split_or_forge_log_lines(make_daemon):
+    """A HELO with control characters and an address full of JSON syntax go
+    into the event log and the tracking log as data, one line each."""
+    d = make_daemon("[server]\nrelay_networks = 10.255.255.0/24\n"
+                    "[log]\nlevel.policy = medium\nlevel.smtp_in = medium\n")
+    evil_rcpt = '"x\\"},{\\"event\\":\\"CORE_READY\\"}"@remote.example'
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    f = s.makefile("rb")
+    f.readline()
+    for line, want in ((b"HELO evil\x1b[2J\x07host\r\n", b"250"),
+                       (b"MAIL FROM:<a@localhost>\r\n", b"250"),
+                       (b"RCPT TO:<" + evil_rcpt.encode() + b">\r\n", b"554"),
+                       (b"RCPT TO:<bob@localhost>\r\n", b"250"),
+                       (b"DATA\r\n", b"354"),
+                       (b"Subject: x\r\n\r\nhi\r\n.\r\n", b"250"),
+                       (b"QUIT\r\n", b"221")):
+        s.sendall(line)
+        reply = f.readline()
+        while reply[3:4] == b"-":
+            reply = f.readline()
+        assert reply.startswith(want), (line, reply)
+    s.close()
+    denied = d.wait_event("POLICY_RELAY_DENIED")
+    # The address arrives as data, quotes and all.
+    assert '},{' in denied[0]["fields"]["rcpt"] and "CORE_READY" in denied[0]["fields"]["rcpt"]
+    assert denied[0]["fields"]["rcpt"].endswith("@remote.example")
+    # Every line of the event log is one JSON object; the forged event
+    # is not among them.
+    lines = d.json_log.read_text().splitlines()
+    parsed = [json.loads(l) for l in lines]
+    assert sum(1 for e in parsed if e["event"] == "CORE_READY") == 1
+    track_dir = d.dir / "track"
+    deadline = time.time() + 10
+    while time.time() < deadline and not any(track_dir.glob("track-*.jsonl")):
+        time.sleep(0.1)
+    tracked = [json.loads(l) for p in track_dir.glob("track-*.jsonl")
+               for l in p.read_text().splitlines()]
+    received = [r for r in tracked if r["type"] == "received"]
+    assert received and received[0]["helo"] == "evil\x1b[2J\x07host"
