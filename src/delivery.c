@@ -329,6 +329,8 @@ static void maildir_done(struct delivery *d, struct wjob *j)
 
 		rs_set(rs, mr == MAILDIR_OK ? RS_OK : mr == MAILDIR_PERM ? RS_PERM : RS_TEMP,
 		       0, enh[mr], j->mtext[k], r->key, r->key);
+		rs->success_dsn = mr == MAILDIR_OK;
+		rs->relayed = false;
 		if (mr != MAILDIR_TEMP)
 			all_temp = false;
 	}
@@ -376,6 +378,9 @@ static void smtp_done(void *arg, const struct smtp_client_result *res)
 		}
 		rs_set(rs, cls, rr->code, rr->enhanced, text, rr->host[0] ? rr->host : rr->addr,
 		       r->key);
+		/* NOTIFY=SUCCESS could not be passed on: we report. */
+		rs->success_dsn = cls == RS_OK && rr->dsn_relayed;
+		rs->relayed = r->kind != ROUTE_LMTP_UNIX && r->kind != ROUTE_LMTP_INET;
 		/* A session reached MAIL: its temporary answers are final for
 		 * this attempt (no failover after MAIL). */
 		if (res->connected && cls == RS_TEMP)
@@ -937,10 +942,15 @@ static void msg_record(struct dmsg *m)
 	pump(d);
 }
 
+static const char *dsn_kind_name(enum dsn_kind k)
+{
+	return k == DSN_FAILURE ? "failure" : k == DSN_DELAY ? "delay" : "success";
+}
+
 static void notify_done(struct delivery *d, struct wjob *j)
 {
 	struct dmsg *m = j->m;
-	const char *kind = j->kind == DSN_FAILURE ? "failure" : "delay";
+	const char *kind = dsn_kind_name(j->kind);
 
 	if (j->rc < 0) {
 		evlog_emit(d->log, EV_DELIVERY_BOUNCE_FAILED, EVF_S("qid", m->env->qid),
@@ -972,8 +982,10 @@ static void notify_done(struct delivery *d, struct wjob *j)
 				   EVF_S("to", j->to), EVF_I("rcpts", j->n_d));
 		if (j->kind == DSN_FAILURE)
 			d->st.bounces++;
-		else
+		else if (j->kind == DSN_DELAY)
 			d->st.delays++;
+		else
+			d->st.successes++;
 	}
 	if (--m->notify_left == 0)
 		msg_record(m);
@@ -997,7 +1009,7 @@ static void notify_post(struct dmsg *m, enum dsn_kind kind, const char *to, bool
 		struct rstate *r = &m->rs[i];
 		struct dsn_rcpt *dr = &j->drcpts[n];
 
-		if (kind == DSN_FAILURE ? !r->notified : !r->warn)
+		if (kind == DSN_FAILURE ? !r->notified : kind == DSN_DELAY ? !r->warn : !r->succ)
 			continue;
 		dr->addr = env->rcpts[i].addr;
 		dr->orcpt = env->rcpts[i].orcpt;
@@ -1005,8 +1017,12 @@ static void notify_post(struct dmsg *m, enum dsn_kind kind, const char *to, bool
 		dr->code = r->code;
 		dr->remote_mta = r->code ? r->host : NULL;
 		reply_of(r, j->mtext[n], sizeof j->mtext[n]);
-		dr->diagnostic = j->mtext[n];
+		/* A success report names no local path or reply. */
+		dr->diagnostic = kind == DSN_SUCCESS && !r->code ? NULL : j->mtext[n];
+		if (kind == DSN_SUCCESS && dr->status[0] != '2')
+			dr->status = "2.0.0";
 		dr->expired = r->expired;
+		dr->relayed = r->relayed;
 		dr->last_attempt = m->now;
 		dr->retry_until = schedule_expiry(&d->cfg.pol, env->arrival);
 		j->didx[n++] = i;
@@ -1022,7 +1038,7 @@ static void notify_post(struct dmsg *m, enum dsn_kind kind, const char *to, bool
 oom:
 	delivery_job_free(j);
 	evlog_emit(d->log, EV_DELIVERY_BOUNCE_FAILED, EVF_S("qid", env->qid),
-		   EVF_S("kind", kind == DSN_FAILURE ? "failure" : "delay"),
+		   EVF_S("kind", dsn_kind_name(kind)),
 		   EVF_S("reason", "out of memory"));
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		struct rstate *r = &m->rs[i];
@@ -1042,7 +1058,7 @@ static void msg_results(struct dmsg *m)
 {
 	struct delivery *d = m->d;
 	const struct spool_envelope *env = m->env;
-	size_t n_fail = 0, n_warn = 0, n_dropped = 0;
+	size_t n_fail = 0, n_warn = 0, n_dropped = 0, n_succ = 0;
 	bool dbl;
 	const char *to = dsn_recipient(env->sender, d->cfg.double_bounce_to, &dbl);
 
@@ -1056,6 +1072,10 @@ static void msg_results(struct dmsg *m)
 		r->warned = sr->last_reply != NULL && strstr(sr->last_reply, DELIVERY_WARNED_MARK);
 		if (r->st == RS_OK) {
 			r->fin = SPOOL_RCPT_DELIVERED;
+			if (r->success_dsn && !dbl && dsn_wanted(DSN_SUCCESS, sr->notify)) {
+				r->succ = true;
+				n_succ++;
+			}
 			continue;
 		}
 		if (r->st == RS_TEMP || r->st == RS_TRY) {
@@ -1091,6 +1111,8 @@ static void msg_results(struct dmsg *m)
 		notify_post(m, DSN_FAILURE, to, dbl);
 	if (n_warn > 0 && !dbl)
 		notify_post(m, DSN_DELAY, env->sender, false);
+	if (n_succ > 0)
+		notify_post(m, DSN_SUCCESS, env->sender, false);
 	if (--m->notify_left == 0)
 		msg_record(m);
 }
@@ -1212,6 +1234,20 @@ static void arm_timer(struct delivery *d, int64_t now)
 }
 
 /* Starts due messages up to max_deliveries; bounded work per call. */
+/* Publishes the queue gauges: messages being attempted (active) and
+ * waiting for their next attempt (deferred, new mail included). */
+static void gauges(struct delivery *d, int64_t active, int64_t waiting)
+{
+	struct counters_shm *b = d->ctr ? counters_block(d->ctr) : NULL;
+
+	if (b != NULL) {
+		counters_add(b, COUNTER_QUEUE_ACTIVE_MSGS, active - d->pub_active);
+		counters_add(b, COUNTER_QUEUE_DEFERRED_MSGS, waiting - d->pub_waiting);
+	}
+	d->pub_active = active;
+	d->pub_waiting = waiting;
+}
+
 static void pump(struct delivery *d)
 {
 	int64_t now = now_s();
@@ -1236,6 +1272,7 @@ static void pump(struct delivery *d)
 	if (now - d->last_scan >= RESCAN_SECS)
 		post_scan(d);
 	arm_timer(d, now);
+	gauges(d, (int64_t)d->n_active, (int64_t)d->heap.n);
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)
@@ -1257,6 +1294,7 @@ static void delivery_destroy(struct delivery *d)
 		pthread_join(d->thread, NULL);
 	}
 	d->stop = true;
+	gauges(d, 0, 0);
 	/* Dropping the client drops its jobs without their callbacks. */
 	smtp_client_free(&d->client);
 	if (d->done_ev)

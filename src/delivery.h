@@ -20,7 +20,10 @@
  * the queue lifetime ran out); DEFERRED with the next attempt from sched.
  *
  * Notifications (dsn): a failure report for the recipients that failed in
- * this pass (NOTIFY permitting), a delay warning once.  A message from the
+ * this pass (NOTIFY permitting), a delay warning once, and with
+ * NOTIFY=SUCCESS a success report ("delivered" for Maildir, "relayed" for
+ * an SMTP peer without DSN, "delivered" for an LMTP server without it; a
+ * peer with DSN gets NOTIFY passed on and reports itself).  A message from the
  * null sender is never bounced (double-bounce rule): the report goes to
  * delivery.double_bounce_to, or is dropped with an event.
  *
@@ -99,7 +102,7 @@ struct delivery_stats {
 	size_t indexed;        /* pending messages known */
 	size_t active;         /* messages being attempted */
 	bool index_ready;      /* the start-up scan is finished */
-	uint64_t delivered, deferred, failed, bounces, delays, removed;
+	uint64_t delivered, deferred, failed, bounces, delays, successes, removed;
 };
 void delivery_get_stats(const struct delivery *d, struct delivery_stats *st_r);
 

@@ -82,6 +82,7 @@ struct rstate {
 	enum spool_rcpt_state fin;
 	int64_t next;
 	bool expired, warn, warned, notified, counted;
+	bool success_dsn, relayed, succ;  /* NOTIFY=SUCCESS report: owed, kind, sent */
 };
 
 struct hop;
@@ -193,6 +194,7 @@ struct delivery {
 	uint64_t seq;                     /* Maildir file names; worker only */
 
 	struct delivery_stats st;
+	int64_t pub_active, pub_waiting;  /* queue gauges as published */
 };
 
 /* ---- the worker (delivery_work.c) ------------------------------------- */

@@ -236,7 +236,8 @@ static void work_notify(struct delivery *d, struct wjob *j)
 	if ((msg = spool_msg_new(d->spool, j->err, sizeof j->err)) == NULL)
 		goto fail;
 	snprintf(mid, sizeof mid, "%s.%s@%s", spool_msg_qid(msg),
-		 j->kind == DSN_FAILURE ? "bounce" : "delay", j->hostname);
+		 j->kind == DSN_FAILURE ? "bounce" : j->kind == DSN_DELAY ? "delay" : "success",
+		 j->hostname);
 	dm.kind = j->kind;
 	dm.reporting_mta = j->hostname;
 	dm.qid = env->qid;

@@ -76,6 +76,8 @@ bool dsn_wanted(enum dsn_kind kind, unsigned notify)
 {
 	if (notify & SPOOL_NOTIFY_NEVER)
 		return false;
+	if (kind == DSN_SUCCESS)
+		return (notify & SPOOL_NOTIFY_SUCCESS) != 0;
 	if (notify == 0)
 		return true;
 	return (notify & (kind == DSN_FAILURE ? SPOOL_NOTIFY_FAILURE : SPOOL_NOTIFY_DELAY)) != 0;
@@ -175,7 +177,8 @@ static void status_of(const struct dsn_rcpt *r, enum dsn_kind kind, char *out, s
 	if (r->code >= 200 && r->code < 600)
 		snprintf(out, outlen, "%u.0.0", r->code / 100);
 	else
-		snprintf(out, outlen, "%s", kind == DSN_FAILURE ? "5.0.0" : "4.0.0");
+		snprintf(out, outlen, "%s", kind == DSN_FAILURE ? "5.0.0" :
+			 kind == DSN_DELAY ? "4.0.0" : "2.0.0");
 }
 
 static void human_part(struct buf *b, const struct dsn_msg *m,
@@ -189,6 +192,9 @@ static void human_part(struct buf *b, const struct dsn_msg *m,
 		buf_str(b, "Your message could not be delivered to one or more recipients.\r\n"
 			   "It is attached below (or its header, when it was large or you\r\n"
 			   "asked for the header only).\r\n\r\n");
+	} else if (m->kind == DSN_SUCCESS) {
+		buf_str(b, "Your message was delivered to the recipients below, or passed on\r\n"
+			   "to a system that sends no such reports (relayed), as you asked.\r\n\r\n");
 	} else {
 		dsn_format_date(rcpts[0].retry_until, date, sizeof date);
 		buf_str(b, "This is a warning only: your message has not been delivered yet\r\n"
@@ -200,7 +206,10 @@ static void human_part(struct buf *b, const struct dsn_msg *m,
 
 		sanitize(r->addr, addr, sizeof addr);
 		sanitize(r->diagnostic ? r->diagnostic : "no reason recorded", diag, sizeof diag);
-		if (r->remote_mta != NULL && r->remote_mta[0] != '\0') {
+		if (m->kind == DSN_SUCCESS)
+			buf_fmt(b, "<%s>: %s\r\n", addr, r->relayed
+				? "relayed to a system that sends no delivery reports" : "delivered");
+		else if (r->remote_mta != NULL && r->remote_mta[0] != '\0') {
 			sanitize(r->remote_mta, host, sizeof host);
 			buf_fmt(b, "<%s>: host %s said: %s\r\n", addr, host, diag);
 		} else {
@@ -241,7 +250,8 @@ static void status_part(struct buf *b, const struct dsn_msg *m,
 				buf_fmt(b, "Original-Recipient: %s; %s\r\n", type, text);
 			}
 		}
-		buf_fmt(b, "Action: %s\r\n", m->kind == DSN_FAILURE ? "failed" : "delayed");
+		buf_fmt(b, "Action: %s\r\n", m->kind == DSN_FAILURE ? "failed" :
+			m->kind == DSN_DELAY ? "delayed" : r->relayed ? "relayed" : "delivered");
 		status_of(r, m->kind, st, sizeof st);
 		buf_fmt(b, "Status: %s\r\n", st);
 		if (r->remote_mta != NULL && r->remote_mta[0] != '\0') {
@@ -304,7 +314,8 @@ int dsn_build(const struct dsn_msg *m, const struct dsn_rcpt *rcpts, size_t n,
 	buf_fmt(&b, "To: <%s>\r\n", to);
 	buf_fmt(&b, "Subject: %s\r\n", m->kind == DSN_FAILURE
 		? "Undelivered Mail Returned to Sender"
-		: "Delayed Mail (still being retried)");
+		: m->kind == DSN_DELAY ? "Delayed Mail (still being retried)"
+		: "Successful Mail Delivery Report");
 	buf_fmt(&b, "Date: %s\r\n", date);
 	if (m->message_id != NULL)
 		buf_fmt(&b, "Message-ID: <%s>\r\n", m->message_id);

@@ -13,7 +13,8 @@
  *  - RET=HDRS: the original's header (text/rfc822-headers).  RET=FULL and
  *    RET unset (RFC 3461 4.3 lets us choose): the whole message
  *    (message/rfc822) when it is at most DSN_FULL_MAX bytes, else its
- *    header only.  Delay warnings always carry the header only.
+ *    header only.  Delay warnings and success reports carry the header
+ *    only.
  *  - Status: the remote enhanced code when there is one, else X.0.0 from
  *    the reply code's class; expiry uses 4.4.7 with Action: failed.
  *  - ENVID and ORCPT are xtext (RFC 3461 4) in the spool; they are decoded
@@ -36,6 +37,7 @@
 enum dsn_kind {
 	DSN_FAILURE,    /* Action: failed (5xx results, expiry) */
 	DSN_DELAY,      /* Action: delayed (delay warning) */
+	DSN_SUCCESS,    /* Action: delivered / relayed (NOTIFY=SUCCESS) */
 };
 
 struct dsn_rcpt {
@@ -46,6 +48,8 @@ struct dsn_rcpt {
 	const char *remote_mta;     /* host that answered, or NULL/"" */
 	const char *diagnostic;     /* reply text / reason, or NULL */
 	bool expired;               /* failed because its lifetime ran out */
+	bool relayed;               /* success: passed to a peer without DSN
+				     * (Action: relayed), else delivered */
 	int64_t last_attempt;       /* unix seconds, 0 = unknown */
 	int64_t retry_until;        /* delays: unix seconds of expiry, 0 = none */
 };
@@ -68,7 +72,7 @@ struct dsn_msg {
 
 /* True when a recipient's NOTIFY (SPOOL_NOTIFY_* bits) asks for `kind`:
  * failure when NOTIFY is unset or has FAILURE; delay when unset or DELAY;
- * never with NEVER. */
+ * success only when SUCCESS is given; never with NEVER. */
 bool dsn_wanted(enum dsn_kind kind, unsigned notify);
 
 /*

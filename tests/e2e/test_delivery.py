@@ -199,3 +199,28 @@ def test_queued_mail_survives_restart(make_daemon, sink):
     _wait(lambda: _deliveries(sink, "ok7@remote.test"), what="delivery after the restart")
     ready = d.events("DELIVERY_INDEX_READY")
     assert ready[-1]["fields"]["messages"] >= 1
+
+
+def test_notify_success_relayed_to_peer_without_dsn(make_daemon):
+    s = Sink(dsn=False).start()
+    try:
+        d = _start(make_daemon, _conf(f"[route *]\nvia = smtp:[127.0.0.1]:{s.port}\n"))
+        c = d.smtp()
+        try:
+            c.ehlo()
+            if not c.has_extn("dsn"):
+                pytest.skip("carrierd does not offer DSN")
+            c.sendmail(SENDER, ["ok8@remote.test"],
+                       "Subject: success\r\n\r\nhello\r\n",
+                       rcpt_options=["NOTIFY=SUCCESS,FAILURE"])
+        finally:
+            c.quit()
+        _wait(lambda: _deliveries(s, "ok8@remote.test"), what="the delivery")
+        report = _wait(lambda: _bounces(s), what="the success report")[0]
+        msg, rcpts = _report(report)
+        assert "Successful" in msg["Subject"]
+        assert rcpts[0]["Final-Recipient"] == "rfc822; ok8@remote.test"
+        assert rcpts[0]["Action"] == "relayed"
+        assert rcpts[0]["Status"].startswith("2.")
+    finally:
+        s.stop()

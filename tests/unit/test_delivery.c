@@ -264,6 +264,8 @@ static void test_delivery_routes_and_bounce(void **state)
 	assert_int_equal(cb->v[COUNTER_RCPT_DELIVERED], 3);
 	assert_int_equal(cb->v[COUNTER_RCPT_BOUNCED], 1);
 	assert_int_equal(cb->v[COUNTER_MSG_BOUNCED], 1);
+	assert_int_equal(cb->v[COUNTER_QUEUE_ACTIVE_MSGS], 0);
+	assert_int_equal(cb->v[COUNTER_QUEUE_DEFERRED_MSGS], 0);
 	assert_non_null(counters_hop(f->ctr, "reject"));
 	assert_int_equal(counters_hop(f->ctr, "reject")->f[HOP_MSG_BOUNCED], 1);
 	fx_free(f);
@@ -281,6 +283,29 @@ static void test_delivery_notify_never(void **state)
 	assert_int_equal(files_in(f->mail, "sender"), 0);
 	assert_int_equal(evcount(f, EV_DELIVERY_BOUNCED), 1);
 	assert_int_equal(evcount(f, EV_DELIVERY_NOTIFY_QUEUED), 0);
+	fx_free(f);
+}
+
+static void test_delivery_notify_success(void **state)
+{
+	struct fx *f = fx_new("");
+	const char *rcpts[] = { "user@local.test", "x@discard.test", NULL };
+	const unsigned notify[] = { SPOOL_NOTIFY_SUCCESS, SPOOL_NOTIFY_SUCCESS };
+	char *box;
+
+	fx_start(f);
+	queue(f, "sender@local.test", rcpts, notify, 0);
+	assert_true(run_until(f, queue_empty, 10000));
+	assert_int_equal(files_in(f->mail, "user"), 1);
+	assert_int_equal(files_in(f->mail, "sender"), 1);
+	box = mailbox(f->mail, "sender");
+	assert_contains(box, "Final-Recipient: rfc822; user@local.test");
+	assert_contains(box, "Action: delivered");
+	assert_contains(box, "Status: 2.0.0");
+	/* No local path leaks into the report; discard reports nothing. */
+	assert_null(strstr(box, f->mail));
+	assert_null(strstr(box, "x@discard.test"));
+	free(box);
 	fx_free(f);
 }
 
@@ -439,6 +464,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_delivery_routes_and_bounce),
 		cmocka_unit_test(test_delivery_notify_never),
+		cmocka_unit_test(test_delivery_notify_success),
 		cmocka_unit_test(test_delivery_double_bounce_dropped),
 		cmocka_unit_test(test_delivery_double_bounce_to),
 		cmocka_unit_test(test_delivery_failover),

@@ -290,6 +290,41 @@ static void test_dsn_delay(void **state)
 	free(text);
 }
 
+static void test_dsn_success(void **state)
+{
+	struct dsn_msg m = base_msg();
+	struct dsn_rcpt r[] = {
+		{ .addr = "a@example.net", .status = "2.0.0" },
+		{ .addr = "b@example.net", .status = "2.0.0", .code = 250, .relayed = true,
+		  .remote_mta = "mx.example.net", .diagnostic = "250 2.0.0 ok" },
+	};
+	static struct mime mm;
+	char v[256], blk[2048];
+	size_t len;
+	char *text;
+
+	m.kind = DSN_SUCCESS;
+	m.ret = SPOOL_RET_FULL;
+	text = build(&m, r, 2, &len);
+	mime_parse(text, len, &mm);
+	header_value(mm.hdr, "Subject", v, sizeof v);
+	assert_contains(v, "Successful");
+	ds_block(mm.parts[1].body, 1, blk, sizeof blk);
+	header_value(blk, "Action", v, sizeof v);
+	assert_string_equal(v, "delivered");
+	header_value(blk, "Status", v, sizeof v);
+	assert_string_equal(v, "2.0.0");
+	header_value(blk, "Diagnostic-Code", v, sizeof v);
+	assert_string_equal(v, "");
+	ds_block(mm.parts[1].body, 2, blk, sizeof blk);
+	header_value(blk, "Action", v, sizeof v);
+	assert_string_equal(v, "relayed");
+	/* Success reports carry the header only, whatever RET says. */
+	header_value(mm.parts[2].hdr, "Content-Type", v, sizeof v);
+	assert_string_equal(v, "text/rfc822-headers");
+	free(text);
+}
+
 static void test_dsn_boundary_avoids_original(void **state)
 {
 	struct dsn_msg m = base_msg();
@@ -332,6 +367,10 @@ static void test_dsn_notify_rules(void **state)
 	assert_true(dsn_wanted(DSN_FAILURE, SPOOL_NOTIFY_FAILURE | SPOOL_NOTIFY_DELAY));
 	assert_false(dsn_wanted(DSN_DELAY, SPOOL_NOTIFY_FAILURE));
 	assert_true(dsn_wanted(DSN_DELAY, SPOOL_NOTIFY_DELAY));
+	assert_false(dsn_wanted(DSN_SUCCESS, 0));
+	assert_false(dsn_wanted(DSN_SUCCESS, SPOOL_NOTIFY_FAILURE | SPOOL_NOTIFY_DELAY));
+	assert_true(dsn_wanted(DSN_SUCCESS, SPOOL_NOTIFY_SUCCESS));
+	assert_false(dsn_wanted(DSN_SUCCESS, SPOOL_NOTIFY_NEVER));
 }
 
 static void test_dsn_double_bounce(void **state)
@@ -382,6 +421,7 @@ int main(void)
 		cmocka_unit_test(test_dsn_failure_structure),
 		cmocka_unit_test(test_dsn_ret_hdrs_and_cap),
 		cmocka_unit_test(test_dsn_delay),
+		cmocka_unit_test(test_dsn_success),
 		cmocka_unit_test(test_dsn_boundary_avoids_original),
 		cmocka_unit_test(test_dsn_sanitizes),
 		cmocka_unit_test(test_dsn_notify_rules),
