@@ -37,6 +37,7 @@
 #define ERROR_RETRY 60            /* seconds after a spool error */
 #define MAX_TIMER 300             /* the timer fires at least this often */
 #define REPLY_MAX 600
+#define GROUP_MAX 1000            /* recipients per job (smtp_client's cap) */
 
 /* ---- configuration copy ------------------------------------------------- */
 
@@ -632,14 +633,15 @@ static struct dgroup *group_for(struct dmsg *m, size_t i, struct dgroup **of)
 	struct dgroup *g;
 
 	for (size_t j = 0; j < i; j++)
-		if (of[j] != NULL && strcasecmp(domain_of(d, m->env->rcpts[j].addr), dom) == 0)
+		if (of[j] != NULL && of[j]->n < GROUP_MAX &&
+		    strcasecmp(domain_of(d, m->env->rcpts[j].addr), dom) == 0)
 			return of[j];
 	if ((dec = route_lookup(d->routes, dom)) == NULL) {
 		rs_set(&m->rs[i], RS_PERM, 0, "5.1.2", "invalid or unroutable domain", "", NULL);
 		return NULL;
 	}
 	for (g = m->groups; g != NULL; g = g->next)
-		if (same_routes(g->dec, dec)) {
+		if (g->n < GROUP_MAX && same_routes(g->dec, dec)) {
 			route_decision_free(&dec);
 			return g;
 		}
