@@ -16,6 +16,7 @@
  *
  * Threads: single (libFuzzer).
  */
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -123,6 +124,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	size_t pos = 0;
 	uint8_t sel;
 
+	signal(SIGPIPE, SIG_IGN);
 	if (size < 1)
 		return 0;
 	sel = data[0];

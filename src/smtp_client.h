@@ -11,6 +11,9 @@
  * Must not: change the spool (it only reads bodies; the caller records the
  * results), decide routing or retries, block the loop on the network.
  *
+ * Signals: writes to a peer that hung up raise SIGPIPE; the process must
+ * ignore it (carrierd does; tests and tools must too).
+ *
  * Threads: a client belongs to one event loop (`base`); every call and
  * every callback happens on the thread running that loop.  N loops use N
  * clients.  The body is read with spool_body_read() (or the caller's

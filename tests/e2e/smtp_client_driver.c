@@ -17,6 +17,7 @@
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -184,6 +185,7 @@ int main(int argc, char **argv)
 	FILE *f;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
+	signal(SIGPIPE, SIG_IGN);
 	memset(&job, 0, sizeof job);
 	smtp_client_opts_init(&opts);
 	opts.connect_ms = opts.command_ms = opts.data_ms = 5000;

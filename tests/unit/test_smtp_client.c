@@ -9,6 +9,7 @@
  * and records everything it receives (the transcript) for assertions.
  */
 #include <arpa/inet.h>
+#include <signal.h>
 #include <netinet/in.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -949,5 +950,6 @@ int main(void)
 		cmocka_unit_test(test_bad_jobs),
 	};
 
+	signal(SIGPIPE, SIG_IGN);
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
