@@ -143,6 +143,7 @@ struct spool_envelope {
 	uint64_t size;              /* body bytes */
 	bool body_in_file;          /* body/<qid> rather than the "body" DB */
 	uint32_t body_crc;          /* CRC32 of the body bytes */
+	bool held;                  /* held by an administrator: not pending */
 };
 
 /* Frees an envelope from spool_load() or the record decoder; clears *envp. */
@@ -331,5 +332,54 @@ typedef int spool_quarantine_fn(void *arg, const char *qid,
 				const char *reason, int64_t when);
 int spool_foreach_quarantined(struct spool *sp, spool_quarantine_fn *cb,
 			      void *arg, char *err, size_t errlen);
+
+/* ---- administration (carrier queue) ---------------------------------- */
+
+/*
+ * Calls cb for every envelope in the spool, in qid order: pending, held,
+ * and those whose recipients are all final but not yet removed.  Same
+ * contract as spool_foreach_pending() otherwise.
+ */
+int spool_foreach(struct spool *sp, spool_env_fn *cb, void *arg,
+		  char *err, size_t errlen);
+
+/*
+ * Administrative changes.  A held message (envelope flag `held`, an
+ * optional field of the envelope record, so format 1 is unchanged: a
+ * carrierd older than the flag would ignore it) is skipped by
+ * spool_foreach_pending(), so the delivery runner leaves it alone until it
+ * is released.  An attempt already running when the hold lands still
+ * records its result.
+ */
+enum spool_admin_op {
+	SPOOL_ADMIN_HOLD,       /* set the hold flag */
+	SPOOL_ADMIN_RELEASE,    /* clear it */
+	SPOOL_ADMIN_RETRY,      /* next_attempt = 0 on QUEUED/DEFERRED recipients
+				 * (no attempt is counted) */
+	SPOOL_ADMIN_FAIL,       /* QUEUED/DEFERRED recipients -> FAILED with
+				 * `reason` as their last reply */
+	SPOOL_ADMIN_DELETE,     /* remove the message (and its body) whatever
+				 * its recipients' state */
+};
+
+/* Per-qid results of spool_admin(). */
+enum spool_admin_result {
+	SPOOL_ADMIN_DONE = 0,   /* changed */
+	SPOOL_ADMIN_ABSENT = 1, /* no such qid */
+	SPOOL_ADMIN_NOOP = 2,   /* nothing to change (already held, released,
+				 * or no pending recipient) */
+	SPOOL_ADMIN_DAMAGED = 3,/* the envelope was damaged and is now quarantined */
+};
+
+/*
+ * Applies `op` to the `n` messages in `qids` in one write transaction (one
+ * fsync) on the calling thread (it takes LMDB's writer lock, so it may wait
+ * for one in-progress group commit).  `reason` is used by SPOOL_ADMIN_FAIL
+ * (NULL: "failed by administrator").  results[i] (an array of n, may be
+ * NULL) gets an enum spool_admin_result per qid.  Returns the number of
+ * messages changed, or -1 + err (nothing was changed).
+ */
+int spool_admin(struct spool *sp, enum spool_admin_op op, const char *const *qids,
+		size_t n, const char *reason, int *results, char *err, size_t errlen);
 
 #endif

@@ -249,7 +249,7 @@ int spool_foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
 
 		if (spool_read_decode_env(&k, &v, &env, why, sizeof why) < 0)
 			spool_read_bad_add(&bad, &k, why);
-		else if (env_pending(env))
+		else if (!env->held && env_pending(env))
 			stop = cb(arg, env);
 		spool_envelope_free(&env);
 	}

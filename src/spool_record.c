@@ -15,6 +15,7 @@ enum env_tag {
 	ENV_QID = 1, ENV_SENDER, ENV_RCPT, ENV_DSN_RET, ENV_ENVID,
 	ENV_BODY_TYPE, ENV_SMTPUTF8, ENV_CLIENT_ADDR, ENV_CLIENT_HELO,
 	ENV_ARRIVAL, ENV_SIZE, ENV_BODY_IN_FILE, ENV_BODY_CRC,
+	ENV_HELD,        /* written only when held: older records stay identical */
 };
 enum rcpt_tag {
 	RCPT_ADDR = 1, RCPT_ORCPT, RCPT_NOTIFY, RCPT_STATE, RCPT_ATTEMPTS,
@@ -279,6 +280,8 @@ int spool_record_encode_envelope(const struct spool_envelope *env,
 	wb_u64(&w, ENV_SIZE, env->size);
 	wb_u64(&w, ENV_BODY_IN_FILE, env->body_in_file);
 	wb_u64(&w, ENV_BODY_CRC, env->body_crc);
+	if (env->held)
+		wb_u64(&w, ENV_HELD, 1);
 	return wb_finish(&w, SPOOL_RECORD_ENVELOPE, buf_r, len_r);
 }
 
@@ -473,6 +476,10 @@ static int decode_env_field(struct spool_envelope *env, const struct tlv *t,
 	case ENV_BODY_CRC:
 		rc = tlv_u64(t, UINT32_MAX, &v, "body CRC", err, errlen);
 		env->body_crc = (uint32_t)v;
+		return rc;
+	case ENV_HELD:
+		rc = tlv_u64(t, 1, &v, "hold flag", err, errlen);
+		env->held = v != 0;
 		return rc;
 	default:
 		return 0;

@@ -1,0 +1,236 @@
+/*
+ * Unit tests for the spool's administrative changes (spool_admin.c):
+ * hold and release (a held message is not pending, and stays held across
+ * a reopen), retry now, fail, delete of a pending message (inline and file
+ * bodies), absent and repeated changes, and spool_foreach() seeing held
+ * messages.  Each test uses its own mkdtemp spool.
+ */
+#include <ftw.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "spool.h"
+
+struct fixture {
+	char dir[64];
+	char path[96];
+};
+
+static int setup(void **state)
+{
+	struct fixture *f = calloc(1, sizeof *f);
+
+	assert_non_null(f);
+	snprintf(f->dir, sizeof f->dir, "/tmp/carrier-spadm-XXXXXX");
+	assert_non_null(mkdtemp(f->dir));
+	snprintf(f->path, sizeof f->path, "%s/spool", f->dir);
+	*state = f;
+	return 0;
+}
+
+static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw)
+{
+	return remove(p);
+}
+
+static int teardown(void **state)
+{
+	struct fixture *f = *state;
+
+	nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	free(f);
+	return 0;
+}
+
+static struct spool *open_spool(const char *path)
+{
+	struct spool_opts o;
+	char err[512] = "";
+	struct spool *sp;
+
+	spool_opts_init(&o);
+	o.space_margin = 0;
+	o.inline_max = 1024;
+	sp = spool_open(path, &o, NULL, err, sizeof err);
+	if (sp == NULL)
+		fail_msg("spool_open %s: %s", path, err);
+	return sp;
+}
+
+/* Commits a message with two recipients and `size` body bytes. */
+static void queue_msg(struct spool *sp, size_t size, char qid[SPOOL_QID_SIZE])
+{
+	char err[256], chunk[512];
+	struct spool_msg *m = spool_msg_new(sp, err, sizeof err);
+
+	assert_non_null(m);
+	assert_int_equal(spool_msg_set_sender(m, "alice@example.org"), 0);
+	assert_int_equal(spool_msg_add_rcpt(m, "a@example.net", 0, NULL), 0);
+	assert_int_equal(spool_msg_add_rcpt(m, "b@example.net", 0, NULL), 0);
+	memset(chunk, 'x', sizeof chunk);
+	for (size_t off = 0; off < size; off += sizeof chunk)
+		assert_int_equal(spool_msg_append(m, chunk, size - off < sizeof chunk ?
+						  size - off : sizeof chunk, err, sizeof err), 0);
+	if (spool_commit(sp, &m, qid, err, sizeof err) != 0)
+		fail_msg("commit: %s", err);
+}
+
+struct seen {
+	int n;
+	int held;
+	char qids[8][SPOOL_QID_SIZE];
+};
+
+static int collect(void *arg, const struct spool_envelope *env)
+{
+	struct seen *s = arg;
+
+	if (s->n < 8)
+		memcpy(s->qids[s->n], env->qid, SPOOL_QID_SIZE);
+	s->n++;
+	s->held += env->held;
+	return 0;
+}
+
+static struct seen pending(struct spool *sp)
+{
+	struct seen s = { 0 };
+	char err[256];
+
+	assert_int_equal(spool_foreach_pending(sp, collect, &s, err, sizeof err), 0);
+	return s;
+}
+
+static struct seen all(struct spool *sp)
+{
+	struct seen s = { 0 };
+	char err[256];
+
+	assert_int_equal(spool_foreach(sp, collect, &s, err, sizeof err), 0);
+	return s;
+}
+
+static int admin1(struct spool *sp, enum spool_admin_op op, const char *qid, int *res)
+{
+	const char *q[1] = { qid };
+	char err[256] = "";
+	int n = spool_admin(sp, op, q, 1, NULL, res, err, sizeof err);
+
+	if (n < 0)
+		fail_msg("spool_admin op %d on %s: %s", (int)op, qid, err);
+	return n;
+}
+
+static void test_hold_release_survives_reopen(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path);
+	char q1[SPOOL_QID_SIZE], q2[SPOOL_QID_SIZE];
+	struct spool_envelope *env = NULL;
+	char err[256];
+	int res = -1;
+
+	queue_msg(sp, 10, q1);
+	queue_msg(sp, 10, q2);
+	assert_int_equal(pending(sp).n, 2);
+
+	assert_int_equal(admin1(sp, SPOOL_ADMIN_HOLD, q1, &res), 1);
+	assert_int_equal(res, SPOOL_ADMIN_DONE);
+	assert_int_equal(admin1(sp, SPOOL_ADMIN_HOLD, q1, &res), 0);
+	assert_int_equal(res, SPOOL_ADMIN_NOOP);
+	{
+		struct seen p = pending(sp), a = all(sp);
+
+		assert_int_equal(p.n, 1);
+		assert_string_equal(p.qids[0], q2);
+		assert_int_equal(a.n, 2);
+		assert_int_equal(a.held, 1);
+	}
+	spool_close(&sp);
+
+	sp = open_spool(f->path);
+	assert_int_equal(pending(sp).n, 1);
+	assert_int_equal(spool_load(sp, q1, &env, err, sizeof err), 0);
+	assert_true(env->held);
+	spool_envelope_free(&env);
+	/* A delivery result recorded while held keeps the hold. */
+	assert_int_equal(spool_rcpt_update(sp, q1, 0, SPOOL_RCPT_DEFERRED, "451 later", 99,
+					   err, sizeof err), 0);
+	assert_int_equal(pending(sp).n, 1);
+
+	assert_int_equal(admin1(sp, SPOOL_ADMIN_RELEASE, q1, &res), 1);
+	assert_int_equal(res, SPOOL_ADMIN_DONE);
+	assert_int_equal(pending(sp).n, 2);
+	assert_int_equal(spool_load(sp, q1, &env, err, sizeof err), 0);
+	assert_false(env->held);
+	assert_int_equal(env->rcpts[0].state, SPOOL_RCPT_DEFERRED);
+	assert_int_equal(env->rcpts[0].next_attempt, 99);
+	spool_envelope_free(&env);
+	spool_close(&sp);
+}
+
+static void test_retry_fail_delete(void **state)
+{
+	struct fixture *f = *state;
+	struct spool *sp = open_spool(f->path);
+	char q1[SPOOL_QID_SIZE], q2[SPOOL_QID_SIZE], bodyfile[256];
+	struct spool_envelope *env = NULL;
+	const char *both[3];
+	int res[3];
+	char err[256];
+
+	queue_msg(sp, 10, q1);
+	queue_msg(sp, 4000, q2);          /* body in a file */
+	assert_int_equal(spool_rcpt_update(sp, q1, 0, SPOOL_RCPT_DEFERRED, "451 x", 5000,
+					   err, sizeof err), 0);
+	assert_int_equal(admin1(sp, SPOOL_ADMIN_RETRY, q1, res), 1);
+	assert_int_equal(spool_load(sp, q1, &env, err, sizeof err), 0);
+	assert_int_equal(env->rcpts[0].next_attempt, 0);
+	assert_int_equal(env->rcpts[0].attempts, 1);   /* a retry is no attempt */
+	spool_envelope_free(&env);
+	assert_int_equal(admin1(sp, SPOOL_ADMIN_RETRY, q1, res), 0);
+	assert_int_equal(res[0], SPOOL_ADMIN_NOOP);
+
+	assert_int_equal(admin1(sp, SPOOL_ADMIN_FAIL, q1, res), 1);
+	assert_int_equal(spool_load(sp, q1, &env, err, sizeof err), 0);
+	assert_int_equal(env->rcpts[1].state, SPOOL_RCPT_FAILED);
+	assert_string_equal(env->rcpts[1].last_reply, "failed by administrator");
+	spool_envelope_free(&env);
+	assert_int_equal(pending(sp).n, 1);
+	assert_int_equal(all(sp).n, 2);
+
+	/* Delete a pending message with a body file, an absent qid, and q1. */
+	snprintf(bodyfile, sizeof bodyfile, "%s/body/%s", f->path, q2);
+	assert_int_equal(access(bodyfile, F_OK), 0);
+	both[0] = q2;
+	both[1] = "0000000000000000";
+	both[2] = q1;
+	assert_int_equal(spool_admin(sp, SPOOL_ADMIN_DELETE, both, 3, NULL, res,
+				     err, sizeof err), 2);
+	assert_int_equal(res[0], SPOOL_ADMIN_DONE);
+	assert_int_equal(res[1], SPOOL_ADMIN_ABSENT);
+	assert_int_equal(res[2], SPOOL_ADMIN_DONE);
+	assert_int_equal(access(bodyfile, F_OK), -1);
+	assert_int_equal(all(sp).n, 0);
+	assert_int_equal(spool_load(sp, q2, &env, err, sizeof err), 1);
+	spool_close(&sp);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test_setup_teardown(test_hold_release_survives_reopen, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_retry_fail_delete, setup, teardown),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
