@@ -543,6 +543,28 @@ fail:
 	return NULL;
 }
 
+/* Removes and returns the first job waiting for a slot of (mode, nexthop),
+ * or NULL. */
+static struct sc_job *wait_take(struct smtp_client *c, enum smtp_client_mode mode,
+				const char *nexthop)
+{
+	for (struct sc_job *w = c->wait_head, *prev = NULL; w != NULL;
+	     prev = w, w = w->wnext) {
+		if (w->mode != mode || strcmp(w->nexthop, nexthop) != 0)
+			continue;
+		if (prev != NULL)
+			prev->wnext = w->wnext;
+		else
+			c->wait_head = w->wnext;
+		if (c->wait_tail == w)
+			c->wait_tail = prev;
+		w->waiting = false;
+		c->stats.waiting--;
+		return w;
+	}
+	return NULL;
+}
+
 /* Frees a connection now.  With `dispatch`, a job waiting for a slot of the
  * same next hop gets started. */
 static void conn_free(struct sc_conn *conn, bool dispatch)
@@ -550,6 +572,7 @@ static void conn_free(struct sc_conn *conn, bool dispatch)
 	struct smtp_client *c = conn->c;
 	char nexthop[SC_NEXTHOP_MAX];
 	enum smtp_client_mode mode = conn->mode;
+	struct sc_job *w;
 	bool counted = conn->state != SC_CLOSING;
 
 	snprintf(nexthop, sizeof nexthop, "%s", conn->nexthop);
@@ -578,29 +601,15 @@ static void conn_free(struct sc_conn *conn, bool dispatch)
 	} else {
 		free(conn);
 	}
-	if (!dispatch || !counted)
-		return;
-	for (struct sc_job *w = c->wait_head, *prev = NULL; w != NULL;
-	     prev = w, w = w->wnext) {
-		if (w->mode != mode || strcmp(w->nexthop, nexthop) != 0)
-			continue;
-		if (prev != NULL)
-			prev->wnext = w->wnext;
-		else
-			c->wait_head = w->wnext;
-		if (c->wait_tail == w)
-			c->wait_tail = prev;
-		w->waiting = false;
-		c->stats.waiting--;
+	if (dispatch && counted && (w = wait_take(c, mode, nexthop)) != NULL)
 		job_dispatch(w);
-		return;
-	}
 }
 
 /* Sends QUIT and lets the connection go; it no longer counts. */
 static void conn_quit(struct sc_conn *conn, bool dispatch)
 {
 	struct smtp_client *c = conn->c;
+	struct sc_job *w;
 
 	if (conn->job != NULL) {
 		conn->job->conn = NULL;
@@ -611,23 +620,8 @@ static void conn_quit(struct sc_conn *conn, bool dispatch)
 	conn->state = SC_CLOSING;
 	conn_printf(conn, "QUIT\r\n");
 	conn_arm(conn, SC_CLOSE_MS);
-	if (!dispatch)
-		return;
-	for (struct sc_job *w = c->wait_head, *prev = NULL; w != NULL;
-	     prev = w, w = w->wnext) {
-		if (w->mode != conn->mode || strcmp(w->nexthop, conn->nexthop) != 0)
-			continue;
-		if (prev != NULL)
-			prev->wnext = w->wnext;
-		else
-			c->wait_head = w->wnext;
-		if (c->wait_tail == w)
-			c->wait_tail = prev;
-		w->waiting = false;
-		c->stats.waiting--;
+	if (dispatch && (w = wait_take(c, conn->mode, conn->nexthop)) != NULL)
 		job_dispatch(w);
-		return;
-	}
 }
 
 /*
@@ -823,23 +817,13 @@ static void job_dispatch(struct sc_job *job)
 static void conn_release(struct sc_conn *conn)
 {
 	struct smtp_client *c = conn->c;
+	struct sc_job *w;
 
 	conn->job = NULL;
 	conn->used = true;
 	conn->exp_head = conn->exp_tail = 0;
 	evtimer_del(conn->timer);
-	for (struct sc_job *w = c->wait_head, *prev = NULL; w != NULL;
-	     prev = w, w = w->wnext) {
-		if (w->mode != conn->mode || strcmp(w->nexthop, conn->nexthop) != 0)
-			continue;
-		if (prev != NULL)
-			prev->wnext = w->wnext;
-		else
-			c->wait_head = w->wnext;
-		if (c->wait_tail == w)
-			c->wait_tail = prev;
-		w->waiting = false;
-		c->stats.waiting--;
+	if ((w = wait_take(c, conn->mode, conn->nexthop)) != NULL) {
 		if (job_can_use(w, conn) && !w->no_reuse) {
 			job_attach_reused(w, conn);
 		} else {
