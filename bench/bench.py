@@ -785,6 +785,7 @@ class Bench:
             env=dict(os.environ, MAIL_CONFIG="/etc/postfix")).stdout.strip() or "?"
         r = subprocess.run([str(self.carrier), "--version"], capture_output=True, text=True)
         self.version_carrier = r.stdout.strip() or "?"
+        self.machine()
 
     def probe_relay(self):
         """Does carrier relay a message to the sink yet?"""
@@ -1322,6 +1323,8 @@ class Bench:
         return out
 
     def machine(self):
+        if getattr(self, "_machine", None):
+            return self._machine
         cpu = "?"
         with contextlib.suppress(OSError):
             for line in open("/proc/cpuinfo"):
@@ -1337,8 +1340,12 @@ class Bench:
             for line in open("/proc/meminfo"):
                 if line.startswith("MemTotal:"):
                     mem = int(line.split()[1]) // 1024
-        return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
-                "fs": f"{fstype} on {dev} ({self.work.parent})", "mem": f"{mem:,} MiB"}
+        git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+                             capture_output=True, text=True).stdout.strip() or "?"
+        self._machine = {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+                         "fs": f"{fstype} on {dev} ({self.work.parent})", "mem": f"{mem:,} MiB",
+                         "git": git}
+        return self._machine
 
     def write_report(self, started, elapsed):
         a = self.args
@@ -1356,7 +1363,8 @@ class Bench:
         L.append(f"| memory | {m['mem']} |")
         L.append(f"| kernel | {m['kernel']} |")
         L.append(f"| spool filesystem | {m['fs']} |")
-        L.append(f"| carrier | {self.version_carrier}, {self.build.relative_to(ROOT) if self.build.is_relative_to(ROOT) else self.build} (-O2) |")
+        L.append(f"| carrier | {self.version_carrier}, {self.build.relative_to(ROOT) if self.build.is_relative_to(ROOT) else self.build} (-O2), "
+                 f"source tree {m['git']} (-dirty: built with uncommitted changes) |")
         L.append(f"| Postfix | {self.version_postfix}, private instance, shipped durability |")
         L.append(f"| load / sink | Postfix smtp-source / smtp-sink on 127.0.0.1 |")
         L.append(f"| CPU accounting | {self.acct_mode} |")
@@ -1399,6 +1407,13 @@ class Bench:
         L.append(METHOD_MD.format(acct=self.acct_mode, fsync_msgs=a.fsync_msgs,
                                   idle_wait=a.idle_wait, nofile=self.nofile))
         path.write_text("\n".join(L) + "\n")
+        raw = {"date": started.isoformat(), "machine": m, "relay": bool(self.relay),
+               "args": {k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, list, tuple, bool))},
+               "ceiling": {"before": getattr(self, "ceiling", None), "after": getattr(self, "ceiling_end", None)},
+               "results": [{"scenario": k[0], "mta": k[1], "metric": k[2], "values": v}
+                           for k, v in sorted(self.results.items())],
+               "targets": self.targets(), "notes": self.notes, "profiles": self.profiles}
+        path.with_suffix(".json").write_text(json.dumps(raw, indent=1, default=str) + "\n")
         return path
 
 
