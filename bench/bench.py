@@ -1340,8 +1340,9 @@ class Bench:
             for line in open("/proc/meminfo"):
                 if line.startswith("MemTotal:"):
                     mem = int(line.split()[1]) // 1024
-        git = subprocess.run(["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
-                             capture_output=True, text=True).stdout.strip() or "?"
+        git = self.args.source or subprocess.run(
+            ["git", "-C", str(ROOT), "describe", "--always", "--dirty"],
+            capture_output=True, text=True).stdout.strip() or "?"
         self._machine = {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
                          "fs": f"{fstype} on {dev} ({self.work.parent})", "mem": f"{mem:,} MiB",
                          "git": git}
@@ -1510,6 +1511,9 @@ def main():
     ap.add_argument("--workdir", default=None, help="parent of the temporary directory")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     ap.add_argument("--report", default="bench/results/latest.md")
+    ap.add_argument("--source", default=None,
+                    help="what --build was built from, for the report (default: git describe "
+                         "--dirty of this tree)")
     args = ap.parse_args()
     if args.quick:
         q = lambda t: (max(t[0] // 10, 100), t[1], t[2])
