@@ -110,6 +110,22 @@ static const struct conf_key conf_keys[] = {
 
 	{ "dns", "forwarder", CT_STRING, OFF(dns_forwarder), "", 0, 0, "empty for the resolvers of resolv_conf, or ADDRESS@PORT of a forwarder such as 127.0.0.1@5353" },
 	{ "dns", "resolv_conf", CT_PATH, OFF(dns_resolv_conf), "/etc/resolv.conf", 0, 0, "a resolv.conf path" },
+
+	{ "tls", "cert", CT_PATH, OFF(tls_cert), "", 0, 0, "a PEM certificate file (leaf first, may hold the chain), or empty for no TLS" },
+	{ "tls", "key", CT_PATH, OFF(tls_key), "", 0, 0, "the PEM private key file of tls.cert" },
+	{ "tls", "chain", CT_PATH, OFF(tls_chain), "", 0, 0, "a PEM file of intermediate certificates, or empty" },
+	{ "tls", "min_version", CT_STRING, OFF(tls_min_version), "TLSv1.2", 0, 0, "TLSv1.2 or TLSv1.3" },
+	{ "tls", "ciphers", CT_STRING, OFF(tls_ciphers), "ECDHE+AESGCM:ECDHE+CHACHA20:DHE+AESGCM:DHE+CHACHA20:!aNULL", 0, 0, "an OpenSSL cipher list for TLS 1.2" },
+	{ "tls", "ciphersuites", CT_STRING, OFF(tls_ciphersuites), "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256", 0, 0, "an OpenSSL TLS 1.3 ciphersuite list" },
+	{ "tls", "sni", CT_STRING, OFF(tls_sni), "", 0, 0, "a comma-separated list of NAME:/CERT:/KEY (NAME may be *.domain), or empty" },
+
+	{ "auth", "passwd_file", CT_PATH, OFF(auth_passwd_file), "", 0, 0, "a file of USER:HASH lines (carrier passwd), or empty for no AUTH" },
+	{ "auth", "require_tls", CT_BOOL, OFF(auth_require_tls), "yes", 0, 0, "yes or no (no offers AUTH in plaintext too)" },
+	{ "auth", "sender_login_match", CT_BOOL, OFF(auth_sender_login_match), "yes", 0, 0, "yes or no (yes: MAIL FROM must be LOGIN@a-local-domain, or the login itself when it has an @)" },
+	{ "auth", "received_header", CT_BOOL, OFF(auth_received), "no", 0, 0, "yes or no (yes names the login in the Received header)" },
+	{ "auth", "max_failures", CT_UINT, OFF(auth_max_failures), "5", 1, 1000, "a number from 1 to 1000 of failed AUTH per client address before 421" },
+	{ "auth", "failure_delay", CT_DURATION, OFF(auth_failure_delay), "2s", 0, 60, "a duration from 0s to 60s before each failure reply" },
+	{ "auth", "failure_window", CT_DURATION, OFF(auth_failure_window), "15m", 1, 86400, "a duration from 1s to 1d for which a failure counts" },
 };
 
 #define CONF_N_KEYS (sizeof conf_keys / sizeof conf_keys[0])
@@ -351,7 +367,26 @@ static int add_listen(const char *item, void *arg, char *why, size_t wl)
 	const char *colon;
 	unsigned long long port;
 	size_t hostlen;
+	char addr[CONF_HOST_MAX + 16];
+	const char *slash = strchr(item, '/');
 
+	if (slash != NULL) {
+		if (strcmp(slash, "/submission") == 0) {
+			l.role = CONF_ROLE_SUBMISSION;
+		} else if (strcmp(slash, "/smtps") == 0 || strcmp(slash, "/submissions") == 0) {
+			l.role = CONF_ROLE_SUBMISSION;
+			l.implicit_tls = true;
+		} else if (strcmp(slash, "/smtp") != 0) {
+			snprintf(why, wl, "'%s' has an unknown role '%s' (/smtp, /submission or /smtps)",
+				 item, slash + 1);
+			return -1;
+		}
+		snprintf(addr, sizeof addr, "%.*s", (int)(slash - item), item);
+	} else {
+		snprintf(addr, sizeof addr, "%s", item);
+	}
+	snprintf(l.text, sizeof l.text, "%s", item);
+	item = addr;
 	if (item[0] == '[') {
 		const char *close = strchr(item, ']');
 
@@ -391,7 +426,6 @@ static int add_listen(const char *item, void *arg, char *why, size_t wl)
 		snprintf(why, wl, "'%s' is not a numeric IPv4 or IPv6 address", l.host);
 		return -1;
 	}
-	snprintf(l.text, sizeof l.text, "%s", item);
 	c->listen = grow(c->listen, c->n_listen, sizeof l);
 	c->listen[c->n_listen++] = l;
 	return 0;
@@ -666,10 +700,10 @@ static void suggest_section(const char *section, char *out, size_t size)
 {
 	static const char *const sections[] = { "server", "smtp", "spool", "local",
 						"log", "control", "counters", "track", "metrics", "delivery",
-						"dns", "route" };
+						"dns", "tls", "auth", "route" };
 	size_t best = 3;
 
-	snprintf(out, size, " (expected one of [server], [smtp], [spool], [local], [log], [control], [counters], [track], [metrics], [delivery], [dns], [route DOMAIN])");
+	snprintf(out, size, " (expected one of [server], [smtp], [spool], [local], [log], [control], [counters], [track], [metrics], [delivery], [dns], [tls], [auth], [route DOMAIN])");
 	for (size_t i = 0; i < sizeof sections / sizeof sections[0]; i++) {
 		size_t d = edit_distance(section, sections[i]);
 
@@ -931,6 +965,68 @@ static void conf_validate(struct conf_parse *p)
 	}
 }
 
+static unsigned key_line(const struct conf_parse *p, size_t offset)
+{
+	for (size_t i = 0; i < CONF_N_KEYS; i++)
+		if (conf_keys[i].offset == offset)
+			return p->set_line[i];
+	return 0;
+}
+
+/* One tls.sni item: NAME:/CERT:/KEY. */
+static bool sni_item_ok(const char *item, size_t len)
+{
+	const char *c1 = memchr(item, ':', len), *c2;
+
+	if (c1 == NULL || c1 == item || c1 + 1 >= item + len || c1[1] != '/')
+		return false;
+	c2 = memchr(c1 + 1, ':', (size_t)(item + len - c1 - 1));
+	return c2 != NULL && c2 + 1 < item + len && c2[1] == '/' &&
+	       memchr(c2 + 1, ':', (size_t)(item + len - c2 - 1)) == NULL;
+}
+
+/* [tls] and [auth] against the listeners that need them. */
+static void conf_validate_tls(struct conf_parse *p)
+{
+	struct carrier_conf *c = p->conf;
+	unsigned ll = key_line(p, OFF(listen));
+	const char *v;
+
+	if (c->tls_cert[0] && !c->tls_key[0])
+		conf_err(p, key_line(p, OFF(tls_cert)), "tls.cert", "set without tls.key (expected both, or neither)");
+	if (c->tls_key[0] && !c->tls_cert[0])
+		conf_err(p, key_line(p, OFF(tls_key)), "tls.key", "set without tls.cert (expected both, or neither)");
+	if (strcmp(c->tls_min_version, "TLSv1.2") && strcmp(c->tls_min_version, "TLSv1.3"))
+		conf_err(p, key_line(p, OFF(tls_min_version)), "tls.min_version",
+			 "'%s' is not a supported version (expected TLSv1.2 or TLSv1.3)", c->tls_min_version);
+	for (v = c->tls_sni; *v;) {
+		size_t n = strcspn(v, ","), a = 0;
+
+		while (a < n && v[a] == ' ')
+			a++;
+		while (n > a && v[n - 1] == ' ')
+			n--;
+		if (n > a && !sni_item_ok(v + a, n - a))
+			conf_err(p, key_line(p, OFF(tls_sni)), "tls.sni", "'%.*s' is not NAME:/CERT:/KEY (expected %s)",
+				 (int)(n - a), v + a, "absolute paths, such as mail.example.org:/etc/carrier/mail.pem:/etc/carrier/mail.key");
+		if (c->tls_sni[0] && !c->tls_cert[0] && v == c->tls_sni)
+			conf_err(p, key_line(p, OFF(tls_sni)), "tls.sni", "set without tls.cert (expected a default certificate too)");
+		v += strcspn(v, ",");
+		if (*v == ',')
+			v++;
+	}
+	for (size_t i = 0; i < c->n_listen; i++) {
+		const struct conf_listen *l = &c->listen[i];
+
+		if (l->role != CONF_ROLE_SUBMISSION)
+			continue;
+		if (!c->tls_cert[0])
+			conf_err(p, ll, "server.listen", "'%s' needs TLS but no certificate is configured (expected [tls] cert and key)", l->text);
+		if (!c->auth_passwd_file[0])
+			conf_err(p, ll, "server.listen", "'%s' needs AUTH but no password file is configured (expected [auth] passwd_file)", l->text);
+	}
+}
+
 /* [track] dir: empty means a "track" directory beside the spool (not in
  * it: the spool is 0700 and admins read the tracking files); "off" turns
  * tracking off. */
@@ -978,6 +1074,7 @@ static struct carrier_conf *conf_parse_with(struct conf_parse *p, const char *na
 	ini_parse_stream(conf_reader, p, conf_handler, p);
 	conf_validate(p);
 	conf_resolve_track(p, c);
+	conf_validate_tls(p);
 	if (p->errs->n > 0) {
 		conf_free(&c);
 		return NULL;

@@ -30,6 +30,7 @@ struct conf_listen {
 	struct sockaddr_storage addr;   /* resolved numeric address */
 	socklen_t addrlen;
 	enum conf_listen_role role;
+	bool implicit_tls;              /* "/smtps": TLS from the first byte (RFC 8314) */
 };
 
 /*
@@ -132,6 +133,24 @@ struct carrier_conf {
 	/* [dns] */
 	char *dns_forwarder;            /* "" = resolv.conf; "127.0.0.1@5353" */
 	char *dns_resolv_conf;
+
+	/* [tls] inbound certificates and policy */
+	char *tls_cert;                 /* "" = no TLS */
+	char *tls_key;
+	char *tls_chain;                /* "" = none besides the cert file's */
+	char *tls_min_version;          /* "TLSv1.2" or "TLSv1.3" */
+	char *tls_ciphers;              /* TLS 1.2 cipher list */
+	char *tls_ciphersuites;         /* TLS 1.3 suites */
+	char *tls_sni;                  /* "NAME:CERT:KEY, ..." */
+
+	/* [auth] SMTP AUTH for submission */
+	char *auth_passwd_file;         /* "" = AUTH not offered */
+	bool auth_require_tls;          /* AUTH only under TLS */
+	bool auth_sender_login_match;   /* MAIL FROM bound to the login */
+	bool auth_received;             /* login in the Received header */
+	unsigned auth_max_failures;     /* per client address, then 421 */
+	unsigned auth_failure_delay;    /* seconds before each failure reply */
+	unsigned auth_failure_window;   /* seconds a failure is remembered */
 
 	/* [route ...] sections, in file order */
 	struct conf_route *routes;

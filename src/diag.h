@@ -49,6 +49,8 @@ enum diag_exit {
 	DIAG_EXIT_RUNNING = 19,         /* another carrierd answers on the control socket */
 	DIAG_EXIT_COUNTERS = 20,        /* reserved (counters): counters degrade, never fail */
 	/* 21-24: carrierd's own (user, privilege drop, pidfile, event loop) */
+	DIAG_EXIT_TLS = 25,             /* a TLS certificate/key unreadable or not matching */
+	DIAG_EXIT_PASSWD = 26,          /* the AUTH password file unreadable or malformed */
 	DIAG_EXIT_BASELINE = 30,        /* doctor --save-baseline could not write the file */
 };
 
