@@ -28,7 +28,7 @@ BASE_CFLAGS := -std=c17 -D_GNU_SOURCE -DCARRIER_VERSION='"$(VERSION)"' \
 CFLAGS    ?= $(OPT) -g
 # gcc warns when snprintf may truncate; bounded truncation is the design.
 GCC_WARN  := $(if $(findstring clang,$(shell $(CC) --version 2>/dev/null)),,-Wno-format-truncation)
-LDLIBS    := $(PKG_LIBS) -lpthread -lm
+LDLIBS    := $(PKG_LIBS) -lcrypt -lpthread -lm
 
 MAINS     := src/carrierd.c src/carrier.c
 LIB_SRCS  := $(filter-out $(MAINS),$(wildcard src/*.c))

@@ -1,0 +1,50 @@
+/*
+ * tls: the server side's TLS contexts (OpenSSL 3).
+ *
+ * Owns: one SSL_CTX per configured certificate ([tls] cert/key/chain, and
+ * one per `sni` entry), the protocol floor and cipher policy, and the SNI
+ * callback choosing a context by the client's server name.  A struct tls is
+ * reference counted: the server holds one reference, each session that
+ * made an SSL object from it holds another until it ends, so a reload
+ * (a new struct tls swapped in) never pulls a context from under a
+ * handshake in progress.
+ *
+ * Must not: touch sockets (smtp_session wraps the SSL in a bufferevent),
+ * log (errors come back as text naming the path and OpenSSL's reason).
+ *
+ * Threads: a struct tls is built on any thread; references are taken and
+ * dropped on the loop thread that owns the server.
+ */
+#ifndef CARRIER_TLS_H
+#define CARRIER_TLS_H
+
+#include <stddef.h>
+
+#include "conf.h"
+
+struct tls;
+typedef struct ssl_st SSL;
+
+/*
+ * Builds the contexts from conf's [tls] section.  Returns NULL with *err
+ * empty when no certificate is configured (TLS off), NULL with a reason in
+ * err ("/etc/carrier/key.pem: key does not match the certificate
+ * /etc/carrier/cert.pem (...)") when a file cannot be used, else a struct
+ * tls with one reference.  `path_r` (may be NULL) receives the failing path.
+ */
+struct tls *tls_new(const struct carrier_conf *conf, char *path_r, size_t pathlen,
+		    char *err, size_t errlen);
+
+/* Adds a reference; returns `t`.  NULL is allowed and returned. */
+struct tls *tls_ref(struct tls *t);
+
+/* Drops a reference and clears the caller's pointer; the last one frees. */
+void tls_unref(struct tls **tp);
+
+/* A new server-side SSL object (the SNI callback wired), or NULL. */
+SSL *tls_ssl_new(struct tls *t);
+
+/* Writes "TLSv1.3 TLS_AES_256_GCM_SHA384" for a finished handshake. */
+void tls_describe(SSL *ssl, char *version, size_t vlen, char *cipher, size_t clen);
+
+#endif
