@@ -35,6 +35,7 @@
 #include "control.h"
 #include "counters.h"
 #include "counters_ctl.h"
+#include "queue_ctl.h"
 #include "diag.h"
 #include "dns.h"
 #include "evlog.h"
@@ -75,6 +76,7 @@ struct daemon {
 	struct route_table *routes;
 	struct dns *dns;
 	struct track *track;
+	struct queue_ctl qctl;
 	struct evconnlistener **listeners;
 	size_t n_listeners;
 	struct event *signals[4];
@@ -639,7 +641,46 @@ static void ctl_stats(void *arg, const struct control_call *call, struct control
 	counters_control_stats(d->ctr, call, rep);
 }
 
+static void begin_stop(struct daemon *d, const char *signame);
+
+static void ctl_queue(void *arg, const struct control_call *call, struct control_reply *rep)
+{
+	struct daemon *d = arg;
+
+	queue_ctl_handle(&d->qctl, call, rep);
+}
+
+/* stop: drain and stop, as SIGTERM; for root and the daemon's user. */
+static void ctl_stop(void *arg, const struct control_call *call, struct control_reply *rep)
+{
+	struct daemon *d = arg;
+
+	if (call->uid != 0 && call->uid != geteuid()) {
+		control_reply_status(rep, 403, "stop: only root and the daemon's user (uid %u) may stop carrierd",
+				     (unsigned)geteuid());
+		return;
+	}
+	evlog_emit(d->log, EV_QUEUE_STOP_REQUESTED, EVF_I("uid", call->uid));
+	control_reply_add(rep, "pid", "%d", (int)getpid());
+	control_reply_add(rep, "state", "draining");
+	control_reply_add(rep, "timeout", "%u", (unsigned)d->conf->drain_timeout);
+	begin_stop(d, "carrier stop");
+}
+
+/* Delivery for the queue commands (retry, release, flush, bounce). */
+static void qctl_kick(void *arg, const char *qid)
+{
+	struct daemon *d = arg;
+
+	if (d->local != NULL && qid != NULL)
+		local_kick_qid(d->local, qid);
+	else if (d->local != NULL)
+		local_kick(d->local);
+}
+
 static const struct control_command ctl_commands[] = {
+	{ "queue", "queue [list|summary|show|due|hold|release|delete|retry|flush|bounce] ...", ctl_queue },
+	{ "stop", "stop", ctl_stop },
 	{ "stats", "stats", ctl_stats },
 	{ "status", "status", ctl_status },
 	{ "log-level", "log-level [CATEGORY LEVEL]", ctl_log_level },
@@ -662,6 +703,11 @@ static int start_control(struct daemon *d)
 		d->auth.group = gr->gr_gid;
 		d->auth.group_name = d->conf->control_group;
 	}
+	d->qctl = (struct queue_ctl){
+		.spool = d->spool, .log = d->log, .track = &d->track, .conf = &d->conf,
+		.routes = &d->routes, .kick = qctl_kick, .kick_arg = d,
+		.admin_uid = d->drop_privileges ? d->run_uid : geteuid(),
+	};
 	if (mkdir_parent(d->conf->control_socket) < 0)
 		(void)0;    /* control_new reports the path problem */
 	d->control = control_new(d->base, d->conf->control_socket, &d->auth, &ctl_handlers,

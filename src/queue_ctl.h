@@ -1,0 +1,81 @@
+/*
+ * queue_ctl: the `queue` control command, the daemon side of
+ * `carrier queue`: list (with filters), summary (per next hop, qshape-like
+ * age buckets), show, hold, release, delete, retry, flush, bounce, due.
+ *
+ * Owns: the request grammar below and the reply fields the CLI reads.  It
+ * changes the queue only through spool.h (spool_admin), logs every change
+ * as an event and in the tracking log with the acting uid, and asks the
+ * daemon to deliver through a kick callback.  Must not: deliver, touch the
+ * runner's insides, block for long (every walk is capped, see the limits).
+ *
+ * Authorization: the control socket lets in root, the daemon's user and
+ * the control group; reading commands (list, summary, show, due) are for
+ * all of them, changing ones only for uid 0 and the daemon's effective uid
+ * (refused with 403 otherwise).
+ *
+ * Request (after "queue"):
+ *   list [state=S] [from=A] [to=A] [domain=D] [hop=K] [older=SECONDS]
+ *        [offset=N] [limit=N]
+ *   summary
+ *   show QID [body]
+ *   hold QID...|all     release QID...|all     delete QID...
+ *   retry QID...|all|domain=D     flush     bounce QID     due
+ * Reply fields (values tab-separated where several):
+ *   msg          qid state arrival size sender pending_rcpts rcpts
+ *   rcpt         qid state attempts next_attempt hop addr last_reply
+ *   quarantined  qid when reason
+ *   hop          key total b5 b10 b20 b40 b80 b160 b320 b640 b1280 b1280+
+ *   matched, shown, next_offset (list was capped), scanned, partial
+ *   changed, absent, unchanged, more (an `all` request hit its cap: repeat)
+ * States: queued, deferred, held, done (all recipients final) for a
+ * message; queued, deferred, delivered, failed for a recipient.
+ *
+ * Threads: the daemon's loop thread only.
+ */
+#ifndef CARRIER_QUEUE_CTL_H
+#define CARRIER_QUEUE_CTL_H
+
+#include <sys/types.h>
+
+struct spool;
+struct evlog;
+struct track;
+struct carrier_conf;
+struct route_table;
+struct control_call;
+struct control_reply;
+
+/* Messages listed per reply at most (the CLI pages with offset=). */
+#define QUEUE_CTL_LIST_MAX 1000
+/* Envelopes one request walks at most (summary and list say "partial"). */
+#define QUEUE_CTL_SCAN_MAX 200000
+/* Messages one hold/release/retry/flush request changes at most. */
+#define QUEUE_CTL_BATCH_MAX 10000
+
+/* Asks for delivery of `qid` now (NULL: look at the whole queue). */
+typedef void queue_ctl_kick_fn(void *arg, const char *qid);
+
+/*
+ * What the handler works with.  The pointers to pointers follow the
+ * daemon's fields, which a reload swaps (conf, routes) or which start
+ * later (track); *track and *routes may be NULL.  `admin_uid` is the
+ * daemon's effective uid (allowed to change the queue, with root).
+ */
+struct queue_ctl {
+	struct spool *spool;
+	struct evlog *log;
+	struct track *const *track;
+	struct carrier_conf *const *conf;
+	struct route_table *const *routes;
+	queue_ctl_kick_fn *kick;
+	void *kick_arg;
+	uid_t admin_uid;
+};
+
+/* The `queue` command handler (control_handler_fn); arg is a struct
+ * queue_ctl. */
+void queue_ctl_handle(void *arg, const struct control_call *call,
+		      struct control_reply *rep);
+
+#endif

@@ -1,0 +1,65 @@
+/*
+ * queue_ctl_int: what queue_ctl.c and queue_ctl_act.c share; not for
+ * other modules (they use queue_ctl.h).
+ */
+#ifndef CARRIER_QUEUE_CTL_INT_H
+#define CARRIER_QUEUE_CTL_INT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "route.h"
+#include "spool.h"
+
+struct queue_ctl;
+struct control_call;
+struct control_reply;
+
+/* Reply budgets: below CONTROL_REPLY_MAX (256 KiB) and the client's
+ * CONTROL_RESP_FIELDS_MAX (4096 fields). */
+#define QCTL_FIELDS_BUDGET 3800
+#define QCTL_BYTES_BUDGET (200 * 1024)
+#define QCTL_HEADER_MAX (48 * 1024)   /* header bytes `show` returns */
+#define QCTL_BODY_MAX (96 * 1024)     /* body bytes `show body` returns */
+#define QCTL_LINE_MAX 4000            /* one header or body line */
+#define QCTL_TEXT_FIELDS 3000         /* header + body lines */
+#define QCTL_SHOW_RCPTS 500           /* recipients `show` lists */
+#define QCTL_BUCKETS 10               /* summary age columns */
+#define QCTL_HOPS_MAX 2000            /* summary rows */
+#define QCTL_HOP_CACHE 64
+
+/* Next-hop keys of recently seen domains, per request. */
+struct qctl_hops {
+	struct {
+		char domain[DNS_NAME_MAX + 3];
+		char key[ROUTE_KEY_MAX];
+	} e[QCTL_HOP_CACHE];
+	size_t n, next;
+};
+
+bool qctl_qid_valid(const char *s);
+bool qctl_rcpt_pending(const struct spool_rcpt *r);
+/* "held", "deferred", "queued" or "done". */
+const char *qctl_msg_state(const struct spool_envelope *env);
+/* The next-hop key of `domain` ("unroutable" when none); valid until the
+ * next call with the same cache. */
+const char *qctl_hop(struct qctl_hops *h, struct route_table *rt, const char *domain);
+/* Adds recipient i of env as a "rcpt" field. */
+void qctl_add_rcpt(struct control_reply *rep, struct qctl_hops *hops,
+		   struct route_table *rt, const struct spool_envelope *env, size_t i);
+
+/* queue_ctl_act.c: the changing subcommands (authorized by the caller). */
+void qctl_cmd_hold(struct queue_ctl *q, const struct control_call *call,
+		   struct control_reply *rep);
+void qctl_cmd_release(struct queue_ctl *q, const struct control_call *call,
+		      struct control_reply *rep);
+void qctl_cmd_delete(struct queue_ctl *q, const struct control_call *call,
+		     struct control_reply *rep);
+void qctl_cmd_retry(struct queue_ctl *q, const struct control_call *call,
+		    struct control_reply *rep);
+void qctl_cmd_flush(struct queue_ctl *q, const struct control_call *call,
+		    struct control_reply *rep);
+void qctl_cmd_bounce(struct queue_ctl *q, const struct control_call *call,
+		     struct control_reply *rep);
+
+#endif
