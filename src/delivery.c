@@ -103,26 +103,45 @@ static int64_t now_s(void)
 	return delivery_now();
 }
 
-/* Indexes qid with `due` unless known already.  Returns 1 when added. */
+/*
+ * Indexes qid with `due`: a new message, or a known one due earlier than
+ * planned (an administrator's retry found by a walk or a kick).  A message
+ * being attempted is marked and put back soon after its attempt.  Returns
+ * 1 when the index changed.
+ */
 static int index_add(struct delivery *d, const char *qid, int64_t due)
 {
-	int rc;
+	bool added;
+	struct qslot *sl;
 
-	if (!delivery_qid_ok(qid))
+	if (!delivery_qid_ok(qid) || (sl = delivery_qset_add(&d->known, qid, &added)) == NULL)
 		return 0;
-	rc = delivery_qset_add(&d->known, qid);
-	if (rc <= 0)
+	if (!added && sl->busy) {
+		sl->kicked = true;
 		return 0;
+	}
+	if (!added && due >= sl->due)
+		return 0;
+	sl->due = due;
 	if (delivery_heap_push(&d->heap, qid, due) < 0) {
-		delivery_qset_del(&d->known, qid);
+		if (added)
+			delivery_qset_del(&d->known, qid);
 		return 0;
 	}
 	return 1;
 }
 
-/* Puts a known (in flight) message back with its next due time. */
+/* Puts a message back after its attempt with its next due time. */
 static void index_requeue(struct delivery *d, const char *qid, int64_t due)
 {
+	struct qslot *sl = delivery_qset_find(&d->known, qid);
+
+	if (sl == NULL)
+		return;
+	if (sl->kicked && due > now_s() + 1)
+		due = now_s() + 1;
+	sl->busy = sl->kicked = false;
+	sl->due = due;
 	if (delivery_heap_push(&d->heap, qid, due) < 0)
 		delivery_qset_del(&d->known, qid);   /* found again by the next walk */
 }
@@ -1174,6 +1193,13 @@ static void load_done(struct delivery *d, struct wjob *j)
 		d->n_active--;
 		return;
 	}
+	if (j->env->held) {
+		/* Held by an administrator: out of the index until released
+		 * (delivery_kick_qid, or the next walk). */
+		delivery_qset_del(&d->known, j->qid);
+		d->n_active--;
+		return;
+	}
 	m = calloc(1, sizeof *m);
 	if (m == NULL || (m->rs = calloc(j->env->n_rcpts ? j->env->n_rcpts : 1,
 					 sizeof *m->rs)) == NULL) {
@@ -1260,8 +1286,13 @@ static void pump(struct delivery *d)
 	       d->n_active < d->cfg.max_deliveries) {
 		struct hent e;
 		struct wjob *j;
+		struct qslot *sl;
 
 		delivery_heap_pop(&d->heap, &e);
+		sl = delivery_qset_find(&d->known, e.qid);
+		if (sl == NULL || sl->busy || sl->due != e.due)
+			continue;   /* stale: removed, in flight, or due at another time */
+		sl->busy = true;
 		if ((j = calloc(1, sizeof *j)) == NULL) {
 			index_requeue(d, e.qid, now + ERROR_RETRY);
 			break;
@@ -1274,7 +1305,7 @@ static void pump(struct delivery *d)
 	if (now - d->last_scan >= RESCAN_SECS)
 		post_scan(d);
 	arm_timer(d, now);
-	gauges(d, (int64_t)d->n_active, (int64_t)d->heap.n);
+	gauges(d, (int64_t)d->n_active, (int64_t)(d->known.n - d->n_active));
 }
 
 static void timer_cb(evutil_socket_t fd, short what, void *arg)

@@ -80,8 +80,10 @@ struct delivery *delivery_new(struct event_base *base, const struct carrier_conf
  * spool on the worker, coalesced; prefer delivery_kick_qid). */
 void delivery_kick(struct delivery *d);
 
-/* A message with this qid was committed: index it and deliver promptly,
- * without a walk of the spool. */
+/* A message with this qid was committed, released from hold, or asked to
+ * be retried now (carrier queue retry): index it or bring its next attempt
+ * forward, and deliver promptly, without a walk of the spool.  Held
+ * messages are dropped from the index when met. */
 void delivery_kick_qid(struct delivery *d, const char *qid);
 
 /*

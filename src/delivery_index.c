@@ -51,19 +51,31 @@ static int qset_grow(struct qset *s)
 	return 0;
 }
 
-/* Adds qid; returns 1 when added, 0 when already there, -1 out of memory. */
-int delivery_qset_add(struct qset *s, const char *qid)
+struct qslot *delivery_qset_find(struct qset *s, const char *qid)
 {
 	size_t i;
 
+	if (s->cap == 0)
+		return NULL;
+	i = qset_find(s, qid);
+	return s->v[i].qid[0] != '\0' ? &s->v[i] : NULL;
+}
+
+struct qslot *delivery_qset_add(struct qset *s, const char *qid, bool *added_r)
+{
+	size_t i;
+
+	*added_r = false;
 	if ((s->n + 1) * 10 > s->cap * 7 && qset_grow(s) < 0)
-		return -1;
+		return NULL;
 	i = qset_find(s, qid);
 	if (s->v[i].qid[0] != '\0')
-		return 0;
+		return &s->v[i];
+	memset(&s->v[i], 0, sizeof s->v[i]);
 	memcpy(s->v[i].qid, qid, SPOOL_QID_LEN);
 	s->n++;
-	return 1;
+	*added_r = true;
+	return &s->v[i];
 }
 
 /* Linear-probing deletion with backward shift (no tombstones). */

@@ -36,8 +36,13 @@ struct dcfg {
 
 /* ---- the index (delivery_index.c) ------------------------------------ */
 
+/* A known pending message.  Heap entries whose due differs from the
+ * slot's, or that meet a busy slot, are stale and skipped. */
 struct qslot {
 	char qid[SPOOL_QID_LEN];  /* not NUL-terminated; qid[0] == 0: empty */
+	bool busy;                /* being attempted (loaded or in flight) */
+	bool kicked;              /* asked for again while busy */
+	int64_t due;              /* its next attempt (the live heap entry) */
 };
 
 struct qset {
@@ -57,8 +62,11 @@ struct heap {
 
 /* True when qid is SPOOL_QID_LEN characters. */
 bool delivery_qid_ok(const char *qid);
-/* Adds qid: 1 added, 0 already there, -1 out of memory. */
-int delivery_qset_add(struct qset *s, const char *qid);
+/* The slot of qid, or NULL.  Valid until the next add or del. */
+struct qslot *delivery_qset_find(struct qset *s, const char *qid);
+/* The slot of qid, made (zeroed, *added_r = true) when missing; NULL out
+ * of memory.  Valid until the next add or del. */
+struct qslot *delivery_qset_add(struct qset *s, const char *qid, bool *added_r);
 void delivery_qset_del(struct qset *s, const char *qid);
 /* 0, or -1 out of memory. */
 int delivery_heap_push(struct heap *h, const char *qid, int64_t due);

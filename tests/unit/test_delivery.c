@@ -428,6 +428,53 @@ static void test_delivery_delay_warning_once(void **state)
 	fx_free(f);
 }
 
+static bool deferred_once(struct fx *f)
+{
+	return evcount(f, EV_DELIVERY_DEFERRED) >= 1;
+}
+
+static bool never(struct fx *f)
+{
+	return false;
+}
+
+static bool user_has_mail(struct fx *f)
+{
+	return files_in(f->mail, "user") == 1;
+}
+
+/* carrier queue hold/release/retry: the spool's admin changes, then a kick. */
+static void test_delivery_hold_release_retry(void **state)
+{
+	struct fx *f = fx_new("");
+	const char *local[] = { "user@local.test", NULL };
+	const char *remote[] = { "x@remote.test", NULL };
+	char held[SPOOL_QID_SIZE], deferred[SPOOL_QID_SIZE], err[256];
+	const char *q[1];
+
+	f->conf->retry_schedule[0] = 3600;
+	snprintf(held, sizeof held, "%s", queue(f, "sender@local.test", local, NULL, 0));
+	q[0] = held;
+	assert_int_equal(spool_admin(f->spool, SPOOL_ADMIN_HOLD, q, 1, NULL, NULL,
+				     err, sizeof err), 1);
+	fx_start(f);
+	snprintf(deferred, sizeof deferred, "%s", queue(f, "sender@local.test", remote, NULL, 0));
+	assert_true(run_until(f, deferred_once, 5000));
+	run_until(f, never, 500);
+	assert_int_equal(files_in(f->mail, "user"), 0);        /* held */
+	assert_int_equal(evcount(f, EV_DELIVERY_DEFERRED), 1); /* next in an hour */
+	assert_int_equal(spool_admin(f->spool, SPOOL_ADMIN_RELEASE, q, 1, NULL, NULL,
+				     err, sizeof err), 1);
+	delivery_kick_qid(f->d, held);
+	assert_true(run_until(f, user_has_mail, 5000));
+	q[0] = deferred;
+	assert_int_equal(spool_admin(f->spool, SPOOL_ADMIN_RETRY, q, 1, NULL, NULL,
+				     err, sizeof err), 1);
+	delivery_kick_qid(f->d, deferred);
+	assert_true(run_until(f, deferred_twice, 5000));
+	fx_free(f);
+}
+
 static void test_delivery_many_messages(void **state)
 {
 	struct fx *f = fx_new("");
@@ -470,6 +517,7 @@ int main(void)
 		cmocka_unit_test(test_delivery_failover),
 		cmocka_unit_test(test_delivery_retry_then_expire),
 		cmocka_unit_test(test_delivery_delay_warning_once),
+		cmocka_unit_test(test_delivery_hold_release_retry),
 		cmocka_unit_test(test_delivery_many_messages),
 		cmocka_unit_test(test_delivery_free_in_flight),
 	};
