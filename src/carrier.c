@@ -19,10 +19,12 @@ static const struct cli_cmd cli_cmds[] = {
 	{ "doctor", cli_doctor_main, "run the startup checks and report drift from the saved baseline" },
 	{ "status", cli_status_main, "is carrierd running: pid, uptime, version, listeners, spool" },
 	{ "log-level", cli_log_level_main, "show or change a category's diagnostic level at runtime" },
+	{ "stop", cli_stop_main, "ask carrierd to drain its sessions and stop (like SIGTERM); --wait until it has" },
 	{ "reload", cli_reload_main, "reload the configuration (like SIGHUP); errors keep the running one" },
 	{ "route", cli_route_main, "show how an address is routed: space, routes by cost, and with --dns the hosts in try order" },
 	{ "stats", cli_stats_main, "print the counters: connections, messages, queue, spool, DNS, next hops (--json)" },
 	{ "top", cli_top_main, "live view of the next hops: queue, age, failures, rates" },
+	{ "queue", cli_queue_main, "list, summarize, show, hold, release, delete, retry, flush and bounce queued mail" },
 	{ "track", cli_track_main, "tell messages' stories from the tracking log (by queue ID, Message-ID, sender, recipient, time)" },
 	{ "send", cli_send_main, "submit a message read from stdin (like sendmail; -t reads recipients from the headers)" },
 };
