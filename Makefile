@@ -46,7 +46,7 @@ FUZZ_FLAGS := -O1 -g -fsanitize=fuzzer-no-link,address,undefined \
 lib_objs   = $(patsubst src/%.c,$(1)/obj/%.o,$(LIB_SRCS))
 
 .PHONY: all run test unit unit-asan check-events check-layers fuzz fuzz-smoke \
-        e2e deps deps-build install clean docs bench
+        crashtest e2e deps deps-build install clean docs bench
 
 all: $(B)/carrierd $(B)/carrier
 
@@ -98,6 +98,17 @@ $(B)/fuzz/%: fuzz/%.c $(B)/fuzz/libcarrier.a | $(B)/fuzz/obj
 $(B)/obj $(B)/test $(B)/asan/obj $(B)/asan/test $(B)/fuzz/obj:
 	mkdir -p $@
 
+# ---- durability campaigns (issue 8): fault shim, spool poker -------------
+FAULT_TOOLS := $(B)/fault/libfault.so $(B)/fault/spoolpoke
+
+$(B)/fault/libfault.so: tests/fault/fault.c
+	@mkdir -p $(@D)
+	$(CC) -std=c17 -D_GNU_SOURCE -O2 -g $(WARN) $(GCC_WARN) -shared -fPIC -o $@ $< -ldl -lpthread
+
+$(B)/fault/spoolpoke: tests/fault/spoolpoke.c
+	@mkdir -p $(@D)
+	$(CC) -std=c17 -D_GNU_SOURCE -O2 -g $(WARN) $(GCC_WARN) -o $@ $< -llmdb
+
 -include $(wildcard $(B)/obj/*.d)
 
 # ---- developer commands ------------------------------------------------
@@ -141,7 +152,7 @@ fuzz-smoke: $(FUZZ_BINS)
 fuzz: $(FUZZ_BINS)
 	@scripts/run-fuzz $(FUZZ_SECONDS) $(FUZZ_BINS)
 
-e2e: all $(B)/asan/carrierd $(B)/asan/carrier
+e2e: all $(B)/asan/carrierd $(B)/asan/carrier $(FAULT_TOOLS)
 	@scripts/run-e2e
 
 test: deps
@@ -151,6 +162,11 @@ test: deps
 	@$(MAKE) --no-print-directory unit-asan
 	@$(MAKE) --no-print-directory fuzz-smoke
 	@$(MAKE) --no-print-directory e2e
+
+# make crashtest CRASH_ARGS="--kills 10000"  (tests/crash/crashtest.py --help)
+CRASH_ARGS ?=
+crashtest: all $(FAULT_TOOLS)
+	@$(PYTHON) tests/crash/crashtest.py $(CRASH_ARGS)
 
 install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin \
