@@ -9,7 +9,7 @@
  * status (diag.h): carrierd starts, or it says exactly why not.
  *
  * Threads: main's thread runs the event loop; modules start their own
- * workers (the spool's commit thread, local delivery).
+ * workers (the spool's commit thread, the delivery worker).
  */
 #include <errno.h>
 #include <event2/event.h>
@@ -39,7 +39,7 @@
 #include "diag.h"
 #include "dns.h"
 #include "evlog.h"
-#include "local.h"
+#include "delivery.h"
 #include "metrics.h"
 #include "route.h"
 #include "smtp_server.h"
@@ -71,7 +71,7 @@ struct daemon {
 	struct control *control;
 	struct control_auth auth;
 	struct smtp_server *smtp;
-	struct local *local;
+	struct delivery *delivery;
 	struct metrics *metrics;
 	struct route_table *routes;
 	struct dns *dns;
@@ -565,10 +565,11 @@ static size_t reload(struct daemon *d)
 	d->conf = nc;
 	if (d->smtp)
 		smtp_server_set_conf(d->smtp, nc);
-	if (d->local)
-		local_set_conf(d->local, nc);
 	/* Queued recipients keep only addresses; the next attempt routes them
-	 * with the new table, so nothing is lost or bounced by a reload. */
+	 * with the new table, so nothing is lost or bounced by a reload.  The
+	 * runner lets go of the old table before it is freed. */
+	if (d->delivery)
+		delivery_set_conf(d->delivery, nc, nr);
 	route_table_free(&d->routes);
 	d->routes = nr;
 	/* Keys that need a restart keep their running values in effect;
@@ -672,10 +673,10 @@ static void qctl_kick(void *arg, const char *qid)
 {
 	struct daemon *d = arg;
 
-	if (d->local != NULL && qid != NULL)
-		local_kick_qid(d->local, qid);
-	else if (d->local != NULL)
-		local_kick(d->local);
+	if (d->delivery != NULL && qid != NULL)
+		delivery_kick_qid(d->delivery, qid);
+	else if (d->delivery != NULL)
+		delivery_kick(d->delivery);
 }
 
 static const struct control_command ctl_commands[] = {
@@ -877,7 +878,7 @@ static void message_queued(void *arg, const char *qid)
 {
 	struct daemon *d = arg;
 
-	local_kick_qid(d->local, qid);
+	delivery_kick_qid(d->delivery, qid);
 }
 
 /* Optional services: each failure is a warning and mail flows on. */
@@ -909,9 +910,11 @@ static int start_serving(struct daemon *d, int *fds)
 		return loop_fail(d, err);
 	smtp_server_set_track(d->smtp, d->track);
 	/* After dropping root: Maildir files are created as the user. */
-	d->local = local_new(d->base, d->conf, d->log, d->ctr, d->spool, err, sizeof err);
-	if (d->local == NULL)
+	d->delivery = delivery_new(d->base, d->conf, d->log, d->ctr, d->spool, d->routes,
+				   d->dns, err, sizeof err);
+	if (d->delivery == NULL)
 		return loop_fail(d, err);
+	delivery_set_track(d->delivery, d->track);
 	smtp_server_on_queued(d->smtp, message_queued, d);
 	if (start_listeners(d, fds) < 0)
 		return loop_fail(d, "evconnlistener_new failed");
@@ -983,7 +986,7 @@ static void shutdown_daemon(struct daemon *d)
 
 	stop_listeners(d);
 	smtp_server_free(&d->smtp);
-	local_free(&d->local);
+	delivery_free(&d->delivery);
 	track_free(&d->track);
 	dns_free(&d->dns);
 	spool_close(&d->spool);
