@@ -422,7 +422,7 @@ static int do_show(struct qclient *c, const struct qopts *o)
 {
 	struct control_response r;
 	char line[256];
-	bool headers = false, body = false;
+	bool headers = false, body = false, rcpts = false;
 	long long now = (long long)time(NULL);
 	int rc;
 
@@ -438,6 +438,9 @@ static int do_show(struct qclient *c, const struct qopts *o)
 		char *v = r.fields[i].value, age[32];
 
 		if (!strcmp(k, "rcpt")) {
+			if (!rcpts)
+				printf("recipients:\n");
+			rcpts = true;
 			print_rcpt_text(v, now);
 		} else if (!strcmp(k, "header")) {
 			if (!headers)
@@ -453,7 +456,7 @@ static int do_show(struct qclient *c, const struct qopts *o)
 			age_text(age, sizeof age, now - atoll(v));
 			printf("%s: %s (%s ago)\n", k, v, age);
 		} else {
-			printf("%s: %s%s", k, v, !strcmp(k, "helo") ? "\nrecipients:\n" : "\n");
+			printf("%s: %s\n", k, v);
 		}
 	}
 	control_response_clear(&r);
@@ -476,7 +479,8 @@ static void print_counts(const char *what, struct control_response *r)
 		}
 	printf("%s: %s changed", what, ch ? ch : "0");
 	if (un && strcmp(un, "0"))
-		printf(", %s unchanged", un);
+		printf(", %s unchanged (already so%s)", un,
+		       !strcmp(what, "retry") || !strcmp(what, "flush") ? ", due now, or held" : "");
 	if (ab && strcmp(ab, "0"))
 		printf(", %s not in the queue", ab);
 	printf("\n");
@@ -486,8 +490,10 @@ static void print_counts(const char *what, struct control_response *r)
  * there are more). */
 static int do_change(struct qclient *c, const struct qopts *o, const char *sub)
 {
-	char line[CONTROL_LINE_MAX];
+	char line[CONTROL_LINE_MAX], what[32];
 	int n = snprintf(line, sizeof line, "queue %s", sub);
+
+	snprintf(what, sizeof what, "queue %s", sub);
 
 	if (o->domain && !strcmp(sub, "retry"))
 		n += snprintf(line + n, sizeof line - (size_t)n, " domain=%s", o->domain);
@@ -501,7 +507,7 @@ static int do_change(struct qclient *c, const struct qopts *o, const char *sub)
 	}
 	for (int rounds = 0; rounds < 1000; rounds++) {
 		struct control_response r;
-		int rc = request(c, line, sub, &r);
+		int rc = request(c, line, what, &r);
 		bool more;
 
 		if (rc >= 0)
@@ -735,6 +741,25 @@ int cli_queue_main(int argc, char **argv)
 
 /* ---- carrier stop ---------------------------------------------------------------- */
 
+/* True when pid is a zombie: it exited and its parent has not reaped it
+ * yet (a service manager or a test harness may be slow to). */
+static bool pid_exited(pid_t pid)
+{
+	char path[64], buf[512], *p;
+	FILE *f;
+	size_t n;
+
+	snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+	if ((f = fopen(path, "r")) == NULL)
+		return false;
+	n = fread(buf, 1, sizeof buf - 1, f);
+	fclose(f);
+	buf[n] = '\0';
+	/* "pid (comm) S ...": the state follows the last ')'. */
+	p = strrchr(buf, ')');
+	return p != NULL && p[1] == ' ' && (p[2] == 'Z' || p[2] == 'X');
+}
+
 int cli_stop_main(int argc, char **argv)
 {
 	struct qclient c;
@@ -771,7 +796,7 @@ int cli_stop_main(int argc, char **argv)
 	if (!wait || pid <= 0)
 		return 0;
 	for (end = time(NULL) + timeout; time(NULL) < end;) {
-		if (kill(pid, 0) < 0 && errno == ESRCH) {
+		if ((kill(pid, 0) < 0 && errno == ESRCH) || pid_exited(pid)) {
 			printf("carrierd stopped\n");
 			return 0;
 		}

@@ -355,7 +355,8 @@ enum spool_admin_op {
 	SPOOL_ADMIN_HOLD,       /* set the hold flag */
 	SPOOL_ADMIN_RELEASE,    /* clear it */
 	SPOOL_ADMIN_RETRY,      /* next_attempt = 0 on QUEUED/DEFERRED recipients
-				 * (no attempt is counted) */
+				 * (no attempt is counted); a held message is
+				 * left as it is (SPOOL_ADMIN_NOOP) */
 	SPOOL_ADMIN_FAIL,       /* QUEUED/DEFERRED recipients -> FAILED with
 				 * `reason` as their last reply */
 	SPOOL_ADMIN_DELETE,     /* remove the message (and its body) whatever

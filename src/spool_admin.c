@@ -65,7 +65,8 @@ static bool admin_change(struct spool_envelope *env, enum spool_admin_op op,
 		env->held = op == SPOOL_ADMIN_HOLD;
 		break;
 	case SPOOL_ADMIN_RETRY:
-		for (size_t i = 0; i < env->n_rcpts; i++)
+		/* A held message is not delivered: nothing to retry. */
+		for (size_t i = 0; !env->held && i < env->n_rcpts; i++)
 			if (rcpt_pending(&env->rcpts[i]) && env->rcpts[i].next_attempt != 0) {
 				env->rcpts[i].next_attempt = 0;
 				changed = true;

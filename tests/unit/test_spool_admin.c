@@ -147,6 +147,9 @@ static void test_hold_release_survives_reopen(void **state)
 	assert_int_equal(res, SPOOL_ADMIN_DONE);
 	assert_int_equal(admin1(sp, SPOOL_ADMIN_HOLD, q1, &res), 0);
 	assert_int_equal(res, SPOOL_ADMIN_NOOP);
+	/* A held message is not retried. */
+	assert_int_equal(admin1(sp, SPOOL_ADMIN_RETRY, q1, &res), 0);
+	assert_int_equal(res, SPOOL_ADMIN_NOOP);
 	{
 		struct seen p = pending(sp), a = all(sp);
 
