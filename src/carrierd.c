@@ -41,9 +41,11 @@
 #include "evlog.h"
 #include "delivery.h"
 #include "metrics.h"
+#include "passwd.h"
 #include "route.h"
 #include "smtp_server.h"
 #include "spool.h"
+#include "tls.h"
 #include "track.h"
 
 /* Exit statuses beyond diag.h's checks. */
@@ -78,7 +80,10 @@ struct daemon {
 	struct track *track;
 	struct queue_ctl qctl;
 	struct evconnlistener **listeners;
+	unsigned *listener_flags;       /* SMTP_SERVER_* per listener */
 	size_t n_listeners;
+	struct tls *tls;                /* until handed to the server */
+	struct passwd_db *passwd;       /* until handed to the server */
 	struct event *signals[4];
 	struct event *drain_timer;
 	time_t started;
@@ -447,8 +452,12 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd,
 		      struct sockaddr *sa, int salen, void *arg)
 {
 	struct daemon *d = arg;
+	unsigned flags = 0;
 
-	smtp_server_accept(d->smtp, fd, sa, (socklen_t)salen);
+	for (size_t i = 0; i < d->n_listeners; i++)
+		if (d->listeners[i] == l)
+			flags = d->listener_flags[i];
+	smtp_server_accept_on(d->smtp, fd, sa, (socklen_t)salen, flags);
 }
 
 static void listener_resume_cb(evutil_socket_t fd, short what, void *arg)
@@ -487,9 +496,14 @@ static int open_listeners(struct daemon *d, int *fds)
 static int start_listeners(struct daemon *d, int *fds)
 {
 	d->listeners = calloc(d->conf->n_listen, sizeof *d->listeners);
-	if (d->listeners == NULL)
+	d->listener_flags = calloc(d->conf->n_listen, sizeof *d->listener_flags);
+	if (d->listeners == NULL || d->listener_flags == NULL)
 		return -1;
 	for (size_t i = 0; i < d->conf->n_listen; i++) {
+		const struct conf_listen *cl = &d->conf->listen[i];
+
+		d->listener_flags[i] = (cl->role == CONF_ROLE_SUBMISSION ? SMTP_SERVER_SUBMISSION : 0) |
+				       (cl->implicit_tls ? SMTP_SERVER_IMPLICIT_TLS : 0);
 		d->listeners[i] = evconnlistener_new(d->base, accept_cb, d,
 						     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
 						     -1, fds[i]);
@@ -507,7 +521,9 @@ static void stop_listeners(struct daemon *d)
 	for (size_t i = 0; i < d->n_listeners; i++)
 		evconnlistener_free(d->listeners[i]);
 	free(d->listeners);
+	free(d->listener_flags);
 	d->listeners = NULL;
+	d->listener_flags = NULL;
 	d->n_listeners = 0;
 }
 
@@ -540,6 +556,32 @@ static bool restart_key_changed(const struct carrier_conf *a, const struct carri
 	return what[0] != '\0';
 }
 
+/* Certificates and passwords are re-read on every reload; a failure keeps
+ * the ones in use (sessions keep their own SSL objects either way). */
+static void reload_tls_auth(struct daemon *d, const struct carrier_conf *nc)
+{
+	char err[1024], path[PATH_MAX];
+	struct tls *t = tls_new(nc, path, sizeof path, err, sizeof err);
+	struct passwd_db *db = NULL;
+
+	if (t == NULL && err[0])
+		evlog_emit(d->log, EV_TLS_RELOAD_FAILED, EVF_S("path", path), EVF_S("reason", err));
+	else {
+		if (t != NULL)
+			evlog_emit(d->log, EV_TLS_RELOADED, EVF_S("cert", nc->tls_cert),
+				   EVF_I("sni", tls_sni_count(t)));
+		smtp_server_set_tls(d->smtp, t);
+	}
+	if (nc->auth_passwd_file[0] && (db = passwd_db_load(nc->auth_passwd_file, err, sizeof err)) == NULL) {
+		evlog_emit(d->log, EV_AUTH_PASSWD_RELOAD_FAILED, EVF_S("reason", err));
+		return;
+	}
+	if (db != NULL)
+		evlog_emit(d->log, EV_AUTH_PASSWD_LOADED, EVF_S("path", nc->auth_passwd_file),
+			   EVF_I("users", passwd_db_count(db)));
+	smtp_server_set_passwd(d->smtp, db);
+}
+
 /* Returns 0 when the new configuration is in force, else the error count. */
 static size_t reload(struct daemon *d)
 {
@@ -563,8 +605,10 @@ static size_t reload(struct daemon *d)
 	apply_log_conf(d, nc);
 	old = d->conf;
 	d->conf = nc;
-	if (d->smtp)
+	if (d->smtp) {
+		reload_tls_auth(d, nc);
 		smtp_server_set_conf(d->smtp, nc);
+	}
 	/* Queued recipients keep only addresses; the next attempt routes them
 	 * with the new table, so nothing is lost or bounced by a reload.  The
 	 * runner lets go of the old table before it is freed. */
@@ -900,6 +944,32 @@ static void start_optional(struct daemon *d)
 	}
 }
 
+/* Startup check: certificates and keys (as root, before dropping it), and
+ * the password file.  Each failure names the path and the reason. */
+static int load_tls_auth(struct daemon *d)
+{
+	char err[1024], path[PATH_MAX];
+
+	d->tls = tls_new(d->conf, path, sizeof path, err, sizeof err);
+	if (d->tls == NULL && err[0]) {
+		evlog_emit(d->log, EV_TLS_CERT_FAILED, EVF_S("path", path), EVF_S("reason", err));
+		return DIAG_EXIT_TLS;
+	}
+	if (d->tls != NULL)
+		evlog_emit(d->log, EV_TLS_RELOADED, EVF_S("cert", d->conf->tls_cert),
+			   EVF_I("sni", tls_sni_count(d->tls)));
+	if (d->conf->auth_passwd_file[0]) {
+		d->passwd = passwd_db_load(d->conf->auth_passwd_file, err, sizeof err);
+		if (d->passwd == NULL) {
+			evlog_emit(d->log, EV_AUTH_PASSWD_UNREADABLE, EVF_S("reason", err));
+			return DIAG_EXIT_PASSWD;
+		}
+		evlog_emit(d->log, EV_AUTH_PASSWD_LOADED, EVF_S("path", d->conf->auth_passwd_file),
+			   EVF_I("users", passwd_db_count(d->passwd)));
+	}
+	return 0;
+}
+
 static int start_serving(struct daemon *d, int *fds)
 {
 	char err[512];
@@ -909,6 +979,10 @@ static int start_serving(struct daemon *d, int *fds)
 	if (d->smtp == NULL)
 		return loop_fail(d, err);
 	smtp_server_set_track(d->smtp, d->track);
+	smtp_server_set_tls(d->smtp, d->tls);
+	smtp_server_set_passwd(d->smtp, d->passwd);
+	d->tls = NULL;
+	d->passwd = NULL;
 	/* After dropping root: Maildir files are created as the user. */
 	d->delivery = delivery_new(d->base, d->conf, d->log, d->ctr, d->spool, d->routes,
 				   d->dns, err, sizeof err);
@@ -944,6 +1018,8 @@ static int startup(struct daemon *d)
 	if ((rc = resolve_user(d)) != 0)
 		return rc;
 	if ((rc = diag_run_startup(d->conf, DIAG_F_MODIFY, d->log, NULL)) != 0)
+		return rc;
+	if ((rc = load_tls_auth(d)) != 0)
 		return rc;
 	if ((rc = open_spool(d)) != 0)
 		return rc;
@@ -986,6 +1062,8 @@ static void shutdown_daemon(struct daemon *d)
 
 	stop_listeners(d);
 	smtp_server_free(&d->smtp);
+	tls_unref(&d->tls);
+	passwd_db_free(&d->passwd);
 	delivery_free(&d->delivery);
 	track_free(&d->track);
 	dns_free(&d->dns);

@@ -16,6 +16,7 @@ int cli_route_main(int argc, char **argv);     /* cli_route.c */
 int cli_stats_main(int argc, char **argv);     /* cli_stats.c */
 int cli_top_main(int argc, char **argv);       /* cli_top.c */
 int cli_track_main(int argc, char **argv);     /* cli_track.c */
+int cli_passwd_main(int argc, char **argv);    /* cli_passwd.c */
 int cli_queue_main(int argc, char **argv);     /* cli_queue.c */
 int cli_stop_main(int argc, char **argv);      /* cli_queue.c */
 

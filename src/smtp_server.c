@@ -19,8 +19,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "auth.h"
+#include "passwd.h"
 #include "policy.h"
 #include "smtp_session.h"
+#include "tls.h"
 
 #define IP_BUCKETS 1024u
 
@@ -196,6 +199,12 @@ static void refuse(struct smtp_server *srv, int fd, const struct policy_result *
 int smtp_server_accept(struct smtp_server *srv, int fd,
 		       const struct sockaddr *sa, socklen_t salen)
 {
+	return smtp_server_accept_on(srv, fd, sa, salen, 0);
+}
+
+int smtp_server_accept_on(struct smtp_server *srv, int fd, const struct sockaddr *sa,
+			  socklen_t salen, unsigned flags)
+{
 	struct policy_conn_counts counts = { 0 };
 	struct policy_result pr;
 	struct smtp_ipent *ip;
@@ -224,7 +233,7 @@ int smtp_server_accept(struct smtp_server *srv, int fd,
 		return -1;
 	}
 	ip = ip_find(srv, &peer, true);   /* NULL on OOM: the session goes uncounted */
-	if (smtp_session_start(srv, fd, &peer, ip) != NULL)
+	if (smtp_session_start(srv, fd, &peer, ip, flags) != NULL)
 		return 0;
 	if (ip != NULL && ip->sessions == 0) {
 		ip->sessions = 1;   /* made for this session: drop it again */
@@ -267,6 +276,9 @@ void smtp_server_free(struct smtp_server **srvp)
 			free(e);
 		}
 	free(srv->ip_table);
+	tls_unref(&srv->tls);
+	passwd_db_free(&srv->passwd);
+	auth_limiter_free(&srv->auth_fails);
 	free(srv);
 	*srvp = NULL;
 }
@@ -280,4 +292,18 @@ void smtp_server_on_queued(struct smtp_server *srv, smtp_server_queued_fn *fn, v
 void smtp_server_set_track(struct smtp_server *srv, struct track *track)
 {
 	srv->track = track;
+}
+
+void smtp_server_set_tls(struct smtp_server *srv, struct tls *tls)
+{
+	tls_unref(&srv->tls);
+	srv->tls = tls;
+}
+
+void smtp_server_set_passwd(struct smtp_server *srv, struct passwd_db *db)
+{
+	passwd_db_free(&srv->passwd);
+	srv->passwd = db;
+	if (db != NULL && srv->auth_fails == NULL)
+		srv->auth_fails = auth_limiter_new();   /* NULL: failures only delayed */
 }

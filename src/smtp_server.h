@@ -39,6 +39,26 @@ struct smtp_server *smtp_server_new(struct event_base *base,
 int smtp_server_accept(struct smtp_server *srv, int fd,
 		       const struct sockaddr *sa, socklen_t salen);
 
+/* Listener roles for smtp_server_accept_on(). */
+enum {
+	SMTP_SERVER_SUBMISSION = 1,    /* AUTH (and TLS) required before MAIL */
+	SMTP_SERVER_IMPLICIT_TLS = 2,  /* TLS from the first byte (RFC 8314) */
+};
+
+/* Same as smtp_server_accept, for a listener with `flags` (SMTP_SERVER_*). */
+int smtp_server_accept_on(struct smtp_server *srv, int fd, const struct sockaddr *sa,
+			  socklen_t salen, unsigned flags);
+
+/* Swaps in TLS contexts (tls.h): takes over the caller's reference and
+ * drops the previous one (sessions keep theirs).  NULL: no TLS. */
+struct tls;
+void smtp_server_set_tls(struct smtp_server *srv, struct tls *tls);
+
+/* Swaps in the AUTH password table (passwd.h), taking ownership and
+ * freeing the previous one.  NULL: AUTH not offered. */
+struct passwd_db;
+void smtp_server_set_passwd(struct smtp_server *srv, struct passwd_db *db);
+
 /* Called on the loop thread after each message is durably queued, so the
  * delivery side can start at once instead of at its next scan. */
 typedef void smtp_server_queued_fn(void *arg, const char *qid);

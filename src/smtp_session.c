@@ -35,7 +35,9 @@
 #include <unistd.h>
 
 #include "policy.h"
+#include "sasl.h"
 #include "smtp_parse.h"
+#include "smtp_sec.h"
 #include "spool.h"
 #include "track.h"
 
@@ -110,23 +112,42 @@ static struct evbuffer *out_of(struct smtp_session *s)
 
 /* Queues one reply line; `enh` NULL means none (greeting, HELO, EHLO, 354,
  * RFC 2034 3). */
+static void vreply(struct smtp_session *s, unsigned code, const char *enh,
+		   const char *fmt, va_list ap) __attribute__((format(printf, 4, 0)));
+static void vreply(struct smtp_session *s, unsigned code, const char *enh,
+		   const char *fmt, va_list ap)
+{
+	char text[512];
+
+	if (s->bev == NULL)
+		return;
+	vsnprintf(text, sizeof text, fmt, ap);
+	if (enh != NULL && enh[0])
+		evbuffer_add_printf(out_of(s), "%u %s %s\r\n", code, enh, text);
+	else
+		evbuffer_add_printf(out_of(s), "%u %s\r\n", code, text);
+}
+
 static void reply(struct smtp_session *s, unsigned code, const char *enh,
 		  const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 static void reply(struct smtp_session *s, unsigned code, const char *enh,
 		  const char *fmt, ...)
 {
-	char text[512];
 	va_list ap;
 
-	if (s->bev == NULL)
-		return;
 	va_start(ap, fmt);
-	vsnprintf(text, sizeof text, fmt, ap);
+	vreply(s, code, enh, fmt, ap);
 	va_end(ap);
-	if (enh != NULL && enh[0])
-		evbuffer_add_printf(out_of(s), "%u %s %s\r\n", code, enh, text);
-	else
-		evbuffer_add_printf(out_of(s), "%u %s\r\n", code, text);
+}
+
+void smtp_session_reply(struct smtp_session *s, unsigned code, const char *enh,
+			const char *fmt, ...)
+{
+	va_list ap;
+
+	va_start(ap, fmt);
+	vreply(s, code, enh, fmt, ap);
+	va_end(ap);
 }
 
 /* A refusal: the reply, the error count and the (info) event. */
@@ -147,6 +168,18 @@ static void close_after(struct smtp_session *s, unsigned code, const char *enh,
 	reply(s, code, enh, "%s", text);
 	s->mode = SMTP_MODE_CLOSING;
 	s->close_reason = text;
+}
+
+void smtp_session_refuse(struct smtp_session *s, const char *command, unsigned code,
+			 const char *enh, const char *text)
+{
+	reply_err(s, command, code, enh, text);
+}
+
+void smtp_session_close_after(struct smtp_session *s, unsigned code, const char *enh,
+			      const char *text)
+{
+	close_after(s, code, enh, text);
 }
 
 /* ---- transactions ----------------------------------------------------- */
@@ -188,10 +221,12 @@ static void txn_keep_rcpt(struct smtp_session *s, const char *addr)
 static void txn_track(struct smtp_session *s, const char *qid, uint64_t size)
 {
 	struct smtp_txn *t = s->txn;
+	char tls[160];
 	struct track_received r = {
 		.qid = qid, .client = s->addr, .helo = s->helo ? s->helo : "",
 		.size = size, .msgid = "", .sender = t->sender,
 		.rcpts = (const char *const *)t->rcpts, .n_rcpts = t->n_kept,
+		.tls = smtp_sec_track_tls(s, tls, sizeof tls), .auth = smtp_sec_login(s),
 	};
 
 	track_received(s->srv->track, &r);
@@ -247,8 +282,8 @@ static void txn_add_received(struct smtp_session *s)
 {
 	struct smtp_txn *t = s->txn;
 	char hdr[RECEIVED_MAX], lit[INET6_ADDRSTRLEN + 8], helo[SMTP_PARSE_DOMAIN_MAX + 1];
-	char date[64], forpart[RCPT_FOR_MAX + 16] = "";
-	const char *with;
+	char date[64], forpart[RCPT_FOR_MAX + 16] = "", with[16], tls[160], who[300] = "";
+	const char *login = smtp_sec_login(s);
 	struct tm tm;
 	time_t now = time(NULL);
 	int n;
@@ -257,19 +292,30 @@ static void txn_add_received(struct smtp_session *s)
 	sanitize(s->helo ? s->helo : "", helo, sizeof helo);
 	gmtime_r(&now, &tm);
 	strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S +0000", &tm);
+	/* RFC 3848 / 6531: ESMTP, ESMTPS, ESMTPA, ESMTPSA, UTF8SMTPSA... */
 	if (s->greeted == GREETED_EHLO)
-		with = t->smtputf8 ? "UTF8SMTP" : "ESMTP";
+		snprintf(with, sizeof with, "%s%s%s", t->smtputf8 ? "UTF8SMTP" : "ESMTP",
+			 smtp_sec_tls_active(s) ? "S" : "", login ? "A" : "");
 	else
-		with = "SMTP";
+		snprintf(with, sizeof with, "SMTP");
+	smtp_sec_received_tls(s, tls, sizeof tls);
+	if (login != NULL && conf_of(s)->auth_received) {
+		char safe[SASL_USER_MAX + 1];
+
+		sanitize(login, safe, sizeof safe);
+		snprintf(who, sizeof who, "\r\n\t(Authenticated sender: %s)", safe);
+	}
 	if (t->n_rcpts == 1 && strlen(t->first_rcpt) <= RCPT_FOR_MAX)
 		snprintf(forpart, sizeof forpart, "\r\n\tfor <%s>", t->first_rcpt);
 	if (s->helo_valid && strcmp(helo, s->helo) == 0)
 		n = snprintf(hdr, sizeof hdr, "Received: from %s (%s)", helo, lit);
 	else
 		n = snprintf(hdr, sizeof hdr, "Received: from %s (%s helo=%s)", lit, lit, helo);
+	if (tls[0])
+		n += snprintf(hdr + n, sizeof hdr - (size_t)n, "\r\n\t(%s)", tls);
 	n += snprintf(hdr + n, sizeof hdr - (size_t)n,
-		      "\r\n\tby %s (carrier) with %s id %s%s;\r\n\t%s\r\n",
-		      s->srv->hostname, with, t->qid, forpart, date);
+		      "%s\r\n\tby %s (carrier) with %s id %s%s;\r\n\t%s\r\n",
+		      who, s->srv->hostname, with, t->qid, forpart, date);
 	txn_append(s, hdr, strlen(hdr));
 }
 
@@ -387,6 +433,7 @@ static void cmd_helo(struct smtp_session *s, const struct smtp_parse_command *cm
 		return;
 	out = out_of(s);
 	evbuffer_add_printf(out, "250-%s Hello [%s]\r\n", s->srv->hostname, s->addr);
+	smtp_sec_ehlo(s, out);
 	evbuffer_add_printf(out, "250-PIPELINING\r\n250-SIZE %llu\r\n250-8BITMIME\r\n"
 			    "250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n250-DSN\r\n"
 			    "250 CHUNKING\r\n",
@@ -467,6 +514,8 @@ static void cmd_mail(struct smtp_session *s, const struct smtp_parse_command *cm
 		close_after(s, 421, "4.3.2", "Service shutting down, closing transmission channel");
 		return;
 	}
+	if (!smtp_sec_mail_allowed(s, cmd))
+		return;
 	if (s->greeted != GREETED_EHLO && mail_has_params(mp)) {
 		reply_err(s, "MAIL", 555, "5.5.4", "MAIL parameters need EHLO");
 		return;
@@ -539,6 +588,7 @@ static void cmd_rcpt(struct smtp_session *s, const struct smtp_parse_command *cm
 	}
 	policy_check_rcpt(conf_of(s), &s->peer.sa, cmd->path.domain, cmd->path.postmaster,
 			  t->n_rcpts, t->max_rcpts, &pr);
+	smtp_sec_rcpt(s, &pr);
 	rcpt_text(s, &cmd->path, addr, sizeof addr);
 	if (pr.verdict != POLICY_ACCEPT) {
 		if (pr.event == EV_POLICY_RELAY_DENIED)
@@ -699,9 +749,15 @@ static void command_dispatch(struct smtp_session *s, const struct smtp_parse_com
 		reply(s, 252, "2.5.2", "Cannot VRFY user, but will accept message and attempt delivery");
 		break;
 	case SMTP_PARSE_HELP:
-		reply(s, 214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP");
+		reply(s, 214, "2.0.0", "Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS AUTH");
 		break;
-	default:   /* STARTTLS, AUTH: recognised, not offered */
+	case SMTP_PARSE_STARTTLS:
+		smtp_sec_starttls(s);
+		break;
+	case SMTP_PARSE_AUTH:
+		smtp_sec_auth(s, cmd);
+		break;
+	default:
 		reply_err(s, smtp_parse_verb_name(cmd->verb), 502, "5.5.1",
 			  "Error: command not implemented");
 		break;
@@ -720,6 +776,8 @@ static void session_command(struct smtp_session *s, const char *line, size_t len
 		len--;   /* a bare LF ends a command line too (as in Postfix) */
 	smtp_parse_limits_init(&lim);
 	lim.max_line = conf_of(s)->command_line_max;
+	if (smtp_sec_is_auth_line((const unsigned char *)line, len) && lim.max_line < SASL_LINE_MAX)
+		lim.max_line = SASL_LINE_MAX;   /* RFC 4954 4: 12288 octets */
 	if (len >= 4 && strncasecmp(line, "RCPT", 4) == 0)
 		lim.smtputf8 = s->txn != NULL && s->txn->smtputf8;
 	else
@@ -747,7 +805,11 @@ static bool input_command(struct smtp_session *s, struct evbuffer *in)
 {
 	size_t max = conf_of(s)->command_line_max, eol_len, len;
 	struct evbuffer_ptr p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
-	unsigned char *line;
+	unsigned char *line, head[5];
+
+	if (max < SASL_LINE_MAX && evbuffer_copyout(in, head, sizeof head) == (ssize_t)sizeof head &&
+	    smtp_sec_is_auth_line(head, sizeof head))
+		max = SASL_LINE_MAX;
 
 	if (p.pos < 0) {
 		if (evbuffer_get_length(in) <= max)
@@ -960,7 +1022,14 @@ static void session_process(struct smtp_session *s)
 			evbuffer_drain(in, evbuffer_get_length(in));
 			more = false;
 			break;
-		default:   /* COMMIT, CLOSING: wait */
+		case SMTP_MODE_STARTTLS:
+			smtp_sec_discard(s, in);
+			more = false;
+			break;
+		case SMTP_MODE_AUTH:
+			more = smtp_sec_input(s, in);
+			break;
+		default:   /* COMMIT, CLOSING, AUTH_DELAY: wait */
 			more = false;
 			break;
 		}
@@ -992,7 +1061,8 @@ static void session_update_io(struct smtp_session *s)
 		rt.tv_sec = s->txn ? conf->command_timeout : conf->idle_timeout;
 		break;
 	}
-	want = !s->out_blocked && s->mode != SMTP_MODE_COMMIT && s->mode != SMTP_MODE_CLOSING;
+	want = !s->out_blocked && s->mode != SMTP_MODE_COMMIT && s->mode != SMTP_MODE_CLOSING &&
+	       s->mode != SMTP_MODE_STARTTLS && s->mode != SMTP_MODE_AUTH_DELAY;
 	bufferevent_set_timeouts(s->bev, &rt, &wt);
 	if (want)
 		bufferevent_enable(s->bev, EV_READ);
@@ -1032,9 +1102,14 @@ static void write_cb(struct bufferevent *bev, void *arg)
 {
 	struct smtp_session *s = arg;
 
+	if (s->mode == SMTP_MODE_STARTTLS) {
+		smtp_sec_switch(s);
+		return;
+	}
 	if (s->mode == SMTP_MODE_CLOSING) {
 		/* Half-close and read what the client still sends, so unread
 		 * input does not turn our last reply into a reset. */
+		smtp_sec_close_notify(s);
 		if (shutdown(bufferevent_getfd(bev), SHUT_WR) < 0) {
 			session_free(s, s->close_reason);
 			return;
@@ -1058,6 +1133,8 @@ static void event_cb(struct bufferevent *bev, short what, void *arg)
 	const struct carrier_conf *conf = conf_of(s);
 	unsigned secs;
 
+	if (smtp_sec_event(s, what))
+		return;
 	if (s->mode == SMTP_MODE_LINGER || s->mode == SMTP_MODE_CLOSING) {
 		session_free(s, s->close_reason);
 		return;
@@ -1117,13 +1194,14 @@ void smtp_session_destroy(struct smtp_session *s)
 	smtp_server_unlink(s->srv, s);
 	if (s->bev != NULL)
 		bufferevent_free(s->bev);
+	smtp_sec_free(s);
 	free(s->helo);
 	free(s);
 }
 
 struct smtp_session *smtp_session_start(struct smtp_server *srv, int fd,
 					const union smtp_peer *peer,
-					struct smtp_ipent *ip)
+					struct smtp_ipent *ip, unsigned flags)
 {
 	struct smtp_session *s = calloc(1, sizeof *s);
 	char addr[INET6_ADDRSTRLEN];
@@ -1138,11 +1216,17 @@ struct smtp_session *smtp_session_start(struct smtp_server *srv, int fd,
 	s->srv = srv;
 	s->peer = *peer;
 	s->ip = ip;
+	s->flags = (uint8_t)flags;
 	memcpy(s->addr, addr, sizeof s->addr);
-	s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (flags & SMTP_SERVER_IMPLICIT_TLS)
+		s->bev = smtp_sec_implicit_bev(s, fd);
+	else
+		s->bev = bufferevent_socket_new(srv->base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL) {
 		evlog_emit(srv->log, EV_SMTP_IN_SESSION_FAILED, EVF_S("client", addr),
-			   EVF_S("reason", "bufferevent_socket_new failed"));
+			   EVF_S("reason", (flags & SMTP_SERVER_IMPLICIT_TLS) ?
+				 "no TLS certificate or out of memory" : "bufferevent_socket_new failed"));
+		smtp_sec_free(s);
 		free(s);
 		close(fd);
 		return NULL;
@@ -1150,8 +1234,7 @@ struct smtp_session *smtp_session_start(struct smtp_server *srv, int fd,
 	smtp_server_link(srv, s);
 	evlog_emit(srv->log, EV_SMTP_IN_CONNECT, EVF_S("client", s->addr),
 		   EVF_I("sessions", srv->n_sessions));
-	bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
-	bufferevent_enable(s->bev, EV_WRITE);
+	smtp_session_set_callbacks(s);
 	reply(s, 220, NULL, "%s ESMTP carrier", srv->hostname);
 	session_update_io(s);
 	return s;
@@ -1177,4 +1260,36 @@ void smtp_peer_text(const union smtp_peer *peer, char *buf, size_t size)
 		a = &peer->in6.sin6_addr;
 	if (a == NULL || inet_ntop(peer->sa.sa_family, a, buf, (socklen_t)size) == NULL)
 		snprintf(buf, size, "unknown");
+}
+
+/* ---- shared with smtp_sec.c ------------------------------------------------ */
+
+void smtp_session_set_callbacks(struct smtp_session *s)
+{
+	bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
+	bufferevent_enable(s->bev, EV_WRITE);
+}
+
+void smtp_session_end(struct smtp_session *s, const char *reason)
+{
+	session_free(s, reason);
+}
+
+void smtp_session_resume(struct smtp_session *s)
+{
+	session_process(s);
+}
+
+void smtp_session_update_io(struct smtp_session *s)
+{
+	session_update_io(s);
+}
+
+void smtp_session_reset(struct smtp_session *s)
+{
+	txn_end(s);
+	free(s->helo);
+	s->helo = NULL;
+	s->helo_valid = false;
+	s->greeted = GREETED_NONE;
 }

@@ -30,6 +30,10 @@ struct bufferevent;
 struct smtp_txn;
 struct smtp_commit;
 struct smtp_ipent;
+struct smtp_sec;
+struct tls;
+struct passwd_db;
+struct auth_limiter;
 
 /* A client address, IPv4-mapped IPv6 folded to IPv4. */
 union smtp_peer {
@@ -53,6 +57,9 @@ struct smtp_server {
 	struct track *track;               /* tracking log, NULL = off */
 	smtp_server_queued_fn *on_queued;  /* after each durable commit */
 	void *on_queued_arg;
+	struct tls *tls;                   /* NULL: no certificate, no TLS */
+	struct passwd_db *passwd;          /* NULL: AUTH not offered */
+	struct auth_limiter *auth_fails;   /* failed AUTH per client address */
 };
 
 /* What the session is doing with its input. */
@@ -65,6 +72,9 @@ enum smtp_mode {
 	SMTP_MODE_COMMIT,       /* paused: a spool commit is pending */
 	SMTP_MODE_CLOSING,      /* last reply queued; close when written */
 	SMTP_MODE_LINGER,       /* written; reading until EOF, then free */
+	SMTP_MODE_STARTTLS,     /* 220 queued: input discarded, TLS once written */
+	SMTP_MODE_AUTH,         /* reading SASL responses */
+	SMTP_MODE_AUTH_DELAY,   /* paused before a failed AUTH's reply */
 };
 
 struct smtp_session {
@@ -87,6 +97,8 @@ struct smtp_session {
 	bool helo_valid;
 	bool out_blocked;                  /* replies not read: input paused */
 	bool gone;                         /* peer gone while committing */
+	uint8_t flags;                     /* SMTP_SERVER_* of its listener */
+	struct smtp_sec *sec;              /* TLS/AUTH state, NULL until used */
 	char addr[INET6_ADDRSTRLEN];       /* "192.0.2.1", "2001:db8::1" */
 };
 
@@ -96,7 +108,7 @@ struct smtp_session {
  * session, or NULL when it could not be set up (fd closed, event emitted). */
 struct smtp_session *smtp_session_start(struct smtp_server *srv, int fd,
 					const union smtp_peer *peer,
-					struct smtp_ipent *ip);
+					struct smtp_ipent *ip, unsigned flags);
 
 /* Graceful stop: an idle session gets 421 4.3.2 and closes; one inside a
  * transaction finishes it first. */
@@ -110,6 +122,24 @@ void smtp_session_destroy(struct smtp_session *s);
  * one that is being freed (before its memory goes). */
 void smtp_server_link(struct smtp_server *srv, struct smtp_session *s);
 void smtp_server_unlink(struct smtp_server *srv, struct smtp_session *s);
+
+/* Shared with smtp_sec.c: a reply line; a refusal (reply, error count,
+ * event); the last reply before closing; processing buffered input;
+ * reading and timeouts for the current mode; the libevent callbacks on a
+ * new bufferevent (after STARTTLS). */
+void smtp_session_reply(struct smtp_session *s, unsigned code, const char *enh,
+			const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+void smtp_session_refuse(struct smtp_session *s, const char *command, unsigned code,
+			 const char *enh, const char *text);
+void smtp_session_close_after(struct smtp_session *s, unsigned code, const char *enh,
+			      const char *text);
+void smtp_session_resume(struct smtp_session *s);
+/* Frees the session now with a close event naming `reason` (static). */
+void smtp_session_end(struct smtp_session *s, const char *reason);
+void smtp_session_update_io(struct smtp_session *s);
+void smtp_session_set_callbacks(struct smtp_session *s);
+/* Forgets the client's EHLO and transaction (after the TLS handshake). */
+void smtp_session_reset(struct smtp_session *s);
 
 /* Formats `peer` as text ("192.0.2.1", "2001:db8::1"). */
 void smtp_peer_text(const union smtp_peer *peer, char *buf, size_t size);

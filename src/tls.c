@@ -272,6 +272,11 @@ void tls_unref(struct tls **tp)
 	free(t);
 }
 
+size_t tls_sni_count(const struct tls *t)
+{
+	return t != NULL ? t->n_sni : 0;
+}
+
 SSL *tls_ssl_new(struct tls *t)
 {
 	return t != NULL ? SSL_new(t->ctx) : NULL;

@@ -41,6 +41,9 @@ struct tls *tls_ref(struct tls *t);
 /* Drops a reference and clears the caller's pointer; the last one frees. */
 void tls_unref(struct tls **tp);
 
+/* Certificates chosen by SNI besides the default. */
+size_t tls_sni_count(const struct tls *t);
+
 /* A new server-side SSL object (the SNI callback wired), or NULL. */
 SSL *tls_ssl_new(struct tls *t);
 
