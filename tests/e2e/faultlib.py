@@ -5,6 +5,7 @@ import os
 import pathlib
 import pwd
 import shutil
+import stat
 import subprocess
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -61,7 +62,7 @@ def read_log(log):
 # ---- power-cut shadow ------------------------------------------------------
 
 def _esc(rel):
-    return "." if rel in ("", ".") else rel.replace("/", "%")
+    return "@root" if rel in ("", ".") else rel.replace("/", "%")
 
 
 def shadow_init(tree, shadow):
@@ -75,6 +76,8 @@ def shadow_init(tree, shadow):
         lines = []
         for name in dirs + files:
             st = os.lstat(os.path.join(dirpath, name))
+            if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+                continue          # sockets, FIFOs: not data
             kind = "d" if name in dirs else "f"
             lines.append(f"{name} {st.st_ino} {kind}\n")
             if kind == "f":
@@ -131,7 +134,7 @@ def shadow_rebuild(shadow, tree, subdirs):
         prefix = "" if rel in ("", ".") else _esc(rel) + "%"
         for k in sorted(known):
             child = k[len(prefix):]
-            if k == "." or not k.startswith(prefix) or "%" in child or child in names:
+            if k == "@root" or k.endswith(".new") or not k.startswith(prefix) or "%" in child or child in names:
                 continue
             names.add(child)
             build(f"{rel}/{child}" if rel not in ("", ".") else child, depth + 1)
@@ -139,7 +142,7 @@ def shadow_rebuild(shadow, tree, subdirs):
     for sub in subdirs:
         shutil.rmtree(tree / sub, ignore_errors=True)
         if (shadow / "dirs" / _esc(sub)).exists() or any(
-                e[0] == sub for e in _entries(shadow, ".")):
+                e[0] == sub for e in _entries(shadow, "")):
             build(sub)
     give_to_carrier(tree)
 

@@ -210,7 +210,7 @@ static void rel_escape(const char *path, char *out, size_t len)
 	if (*rel == '/')
 		rel++;
 	if (*rel == '\0')
-		rel = ".";
+		rel = "@root";
 	for (; *rel && j + 2 < len; rel++)
 		out[j++] = *rel == '/' ? '%' : *rel;
 	out[j] = '\0';
