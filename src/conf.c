@@ -123,7 +123,7 @@ static const struct conf_key conf_keys[] = {
 	{ "auth", "require_tls", CT_BOOL, OFF(auth_require_tls), "yes", 0, 0, "yes or no (no offers AUTH in plaintext too)" },
 	{ "auth", "sender_login_match", CT_BOOL, OFF(auth_sender_login_match), "yes", 0, 0, "yes or no (yes: MAIL FROM must be LOGIN@a-local-domain, or the login itself when it has an @)" },
 	{ "auth", "received_header", CT_BOOL, OFF(auth_received), "no", 0, 0, "yes or no (yes names the login in the Received header)" },
-	{ "auth", "max_failures", CT_UINT, OFF(auth_max_failures), "5", 1, 1000, "a number from 1 to 1000 of failed AUTH per client address before 421" },
+	{ "auth", "max_failures", CT_UINT, OFF(auth_max_failures), "5", 1, 1000, "a number from 1 to 1000 (failed AUTH per client address before 421)" },
 	{ "auth", "failure_delay", CT_DURATION, OFF(auth_failure_delay), "2s", 0, 60, "a duration from 0s to 60s before each failure reply" },
 	{ "auth", "failure_window", CT_DURATION, OFF(auth_failure_window), "15m", 1, 86400, "a duration from 1s to 1d for which a failure counts" },
 };

@@ -289,6 +289,86 @@ static void test_routes(void **state)
 	conf_errors_clear(&errs);
 }
 
+static void test_tls_auth_keys(void **state)
+{
+	struct conf_errors errs;
+	char buf[512];
+	struct carrier_conf *c = load(
+		"[server]\n"
+		"listen = 127.0.0.1:25, 127.0.0.1:587/submission, [::1]:465/smtps, 127.0.0.1:26/smtp\n"
+		"[tls]\n"
+		"cert = /etc/c.pem\n"
+		"key = /etc/c.key\n"
+		"sni = a.example:/a.pem:/a.key, *.b.example:/b.pem:/b.key\n"
+		"[auth]\n"
+		"passwd_file = /etc/carrier/passwd\n"
+		"sender_login_match = no\n"
+		"failure_delay = 0\n", &errs);
+
+	if (c == NULL)
+		fail_msg("%s", error_line(&errs, 0, buf, sizeof buf));
+	assert_int_equal(c->n_listen, 4);
+	assert_int_equal(c->listen[0].role, CONF_ROLE_SMTP);
+	assert_int_equal(c->listen[1].role, CONF_ROLE_SUBMISSION);
+	assert_false(c->listen[1].implicit_tls);
+	assert_int_equal(c->listen[1].port, 587);
+	assert_string_equal(c->listen[1].text, "127.0.0.1:587/submission");
+	assert_int_equal(c->listen[2].role, CONF_ROLE_SUBMISSION);
+	assert_true(c->listen[2].implicit_tls);
+	assert_string_equal(c->listen[2].host, "::1");
+	assert_int_equal(c->listen[3].role, CONF_ROLE_SMTP);
+	assert_string_equal(c->tls_cert, "/etc/c.pem");
+	assert_string_equal(c->tls_min_version, "TLSv1.2");
+	assert_true(c->auth_require_tls);
+	assert_false(c->auth_sender_login_match);
+	assert_int_equal(c->auth_failure_delay, 0);
+	assert_int_equal(c->auth_max_failures, 5);
+	conf_free(&c);
+
+	/* Defaults: no TLS, no AUTH. */
+	c = load("", &errs);
+	assert_string_equal(c->tls_cert, "");
+	assert_string_equal(c->auth_passwd_file, "");
+	conf_free(&c);
+}
+
+static void test_tls_auth_errors(void **state)
+{
+	struct conf_errors errs;
+	char buf[512];
+	struct carrier_conf *c = load(
+		"[server]\n"                                         /* 1 */
+		"listen = 127.0.0.1:587/submission\n"                /* 2 */
+		"[tls]\n"                                            /* 3 */
+		"key = /etc/c.key\n"                                 /* 4 */
+		"min_version = TLSv1.1\n"                            /* 5 */
+		"sni = a.example:/a.pem\n"                           /* 6 */
+		"[auth]\n"                                           /* 7 */
+		"max_failures = 0\n", &errs);                        /* 8 */
+
+	assert_null(c);
+	assert_int_equal(errs.n, 7);
+	assert_contains(error_line(&errs, 0, buf, sizeof buf), "test.conf:8: auth.max_failures: 0 is out of range");
+	assert_contains(error_line(&errs, 1, buf, sizeof buf), "test.conf:4: tls.key: set without tls.cert");
+	assert_contains(error_line(&errs, 2, buf, sizeof buf), "test.conf:5: tls.min_version: 'TLSv1.1' is not a supported version (expected TLSv1.2 or TLSv1.3)");
+	assert_contains(error_line(&errs, 3, buf, sizeof buf), "test.conf:6: tls.sni: 'a.example:/a.pem' is not NAME:/CERT:/KEY");
+	assert_contains(error_line(&errs, 4, buf, sizeof buf), "test.conf:6: tls.sni: set without tls.cert");
+	assert_contains(error_line(&errs, 5, buf, sizeof buf), "test.conf:2: server.listen: '127.0.0.1:587/submission' needs TLS");
+	assert_contains(error_line(&errs, 6, buf, sizeof buf), "test.conf:2: server.listen: '127.0.0.1:587/submission' needs AUTH");
+	conf_errors_clear(&errs);
+
+	c = load("[server]\nlisten = 127.0.0.1:25/lmtp\n", &errs);
+	assert_null(c);
+	assert_contains(error_line(&errs, 0, buf, sizeof buf), "test.conf:2: server.listen: '127.0.0.1:25/lmtp' has an unknown role 'lmtp'");
+	conf_errors_clear(&errs);
+
+	c = load("[tls]\ncert = /c.pem\n[tsl]\nkey = x\n", &errs);
+	assert_null(c);
+	assert_contains(error_line(&errs, 0, buf, sizeof buf), "did you mean [tls]?");
+	assert_contains(error_line(&errs, 1, buf, sizeof buf), "test.conf:2: tls.cert: set without tls.key");
+	conf_errors_clear(&errs);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -303,6 +383,8 @@ int main(void)
 		cmocka_unit_test(test_unreadable_file),
 		cmocka_unit_test(test_dump_round_trip),
 		cmocka_unit_test(test_routes),
+		cmocka_unit_test(test_tls_auth_keys),
+		cmocka_unit_test(test_tls_auth_errors),
 	};
 
 	return cmocka_run_group_tests_name("conf", tests, NULL, NULL);
