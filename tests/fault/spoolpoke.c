@@ -3,7 +3,7 @@
  * corrupt-entry tests (issue 8).  Raw LMDB, independent of the spool code
  * on purpose: it writes what a bad disk would leave.
  *
- *   spoolpoke list SPOOL              queue IDs in the env database
+ *   spoolpoke list SPOOL [DB]         keys in the env (or DB) database
  *   spoolpoke flip SPOOL QID OFFSET   xor 0xff into the envelope at OFFSET
  *   spoolpoke version SPOOL QID V     set the envelope's record version to
  *                                     V and fix its CRC (only the version
@@ -85,6 +85,8 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(argv[1], "flipbody") == 0)
 		db = "body";
+	if (strcmp(argv[1], "list") == 0 && argc == 4)
+		db = argv[3];
 	if ((rc = mdb_env_create(&env)) != 0 || (rc = mdb_env_set_maxdbs(env, 8)) != 0 ||
 	    (rc = mdb_env_set_mapsize(env, (size_t)1 << 30)) != 0 ||
 	    (rc = mdb_env_open(env, argv[2], 0, 0600)) != 0)
