@@ -158,6 +158,7 @@ e2e: all $(B)/asan/carrierd $(B)/asan/carrier $(FAULT_TOOLS)
 test: deps
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory check-layers check-events
+	@$(PYTHON) scripts/check-docs
 	@$(MAKE) --no-print-directory unit
 	@$(MAKE) --no-print-directory unit-asan
 	@$(MAKE) --no-print-directory fuzz-smoke
