@@ -486,40 +486,62 @@ static void print_counts(const char *what, struct control_response *r)
 	printf("\n");
 }
 
-/* "queue hold ID..." or "queue hold all" (repeated while the daemon says
- * there are more). */
-static int do_change(struct qclient *c, const struct qopts *o, const char *sub)
+/* The control protocol takes CONTROL_ARGS_MAX words a request: IDs go in
+ * batches of this many. */
+#define IDS_PER_REQUEST 24
+
+/* Sends `line`, repeated while the daemon says an `all` request has more. */
+static int change_line(struct qclient *c, const char *line, const char *what,
+		       const char *sub)
 {
-	char line[CONTROL_LINE_MAX], what[32];
-	int n = snprintf(line, sizeof line, "queue %s", sub);
-
-	snprintf(what, sizeof what, "queue %s", sub);
-
-	if (o->domain && !strcmp(sub, "retry"))
-		n += snprintf(line + n, sizeof line - (size_t)n, " domain=%s", o->domain);
-	else if (o->all)
-		n += snprintf(line + n, sizeof line - (size_t)n, " all");
-	for (size_t i = 0; i < o->n_ids; i++)
-		n += snprintf(line + n, sizeof line - (size_t)n, " %s", o->ids[i]);
-	if ((size_t)n >= sizeof line - 1) {
-		fprintf(stderr, "carrier queue %s: too many IDs on one line; run it in parts\n", sub);
-		return 2;
-	}
 	for (int rounds = 0; rounds < 1000; rounds++) {
 		struct control_response r;
 		int rc = request(c, line, what, &r);
+		const char *changed;
 		bool more;
 
 		if (rc >= 0)
 			return rc;
 		print_counts(sub, &r);
-		more = control_response_get(&r, "more") != NULL &&
-		       strcmp(control_response_get(&r, "changed"), "0") != 0;
+		changed = control_response_get(&r, "changed");
+		more = control_response_get(&r, "more") != NULL && changed && strcmp(changed, "0") != 0;
 		control_response_clear(&r);
 		if (!more)
 			break;
 	}
 	return 0;
+}
+
+/* "queue hold ID...", "queue hold all" or "queue retry domain=D". */
+static int do_change(struct qclient *c, const struct qopts *o, const char *sub)
+{
+	char line[CONTROL_LINE_MAX], what[32];
+	int worst = 0;
+
+	snprintf(what, sizeof what, "queue %s", sub);
+	if (o->n_ids == 0) {
+		if (o->domain && !strcmp(sub, "retry"))
+			snprintf(line, sizeof line, "queue %s domain=%s", sub, o->domain);
+		else
+			snprintf(line, sizeof line, "queue %s all", sub);
+		return change_line(c, line, what, sub);
+	}
+	for (size_t i = 0; i < o->n_ids; i += IDS_PER_REQUEST) {
+		int n = snprintf(line, sizeof line, "queue %s", sub), rc;
+
+		for (size_t k = i; k < o->n_ids && k < i + IDS_PER_REQUEST; k++)
+			n += snprintf(line + n, sizeof line - (size_t)n, " %s", o->ids[k]);
+		if ((size_t)n >= sizeof line - 1) {
+			fprintf(stderr, "carrier %s: IDs too long\n", what);
+			return 2;
+		}
+		rc = change_line(c, line, what, sub);
+		if (rc == 3)
+			return rc;
+		if (rc > worst)
+			worst = rc;
+	}
+	return worst;
 }
 
 static bool confirm_delete(const struct qopts *o)

@@ -7,6 +7,7 @@
  */
 #include <ctype.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,6 +79,14 @@ static const char *flat(char *buf, size_t n, const char *s)
 		buf[i] = (s[i] == '\t' || s[i] == '\r' || s[i] == '\n') ? ' ' : s[i];
 	buf[i] = '\0';
 	return buf;
+}
+
+/* Bytes `s` (at most its first `max`) takes in a reply, escaped. */
+static size_t escaped_len(const char *s, size_t max)
+{
+	size_t n = s ? strlen(s) : 0;
+
+	return control_escape(NULL, 0, s ? s : "", n < max ? n : max);
 }
 
 /* The next-hop key for a domain, cached per request (route_lookup is pure
@@ -185,11 +194,11 @@ static int list_cb(void *arg, const struct spool_envelope *env)
 		return 0;
 	if (w->matched++ < w->offset || w->capped)
 		return 0;
-	/* Rough size of what this message adds: stay inside the reply bounds. */
-	cost = 200 + strlen(env->sender);
+	/* What this message adds once escaped: stay inside the reply bounds. */
+	cost = 200 + escaped_len(env->sender, 1024);
 	for (size_t i = 0; i < env->n_rcpts; i++)
-		cost += 120 + strlen(env->rcpts[i].addr) +
-			(env->rcpts[i].last_reply ? strlen(env->rcpts[i].last_reply) : 0);
+		cost += 160 + escaped_len(env->rcpts[i].addr, SIZE_MAX) +
+			escaped_len(env->rcpts[i].last_reply, 1024);
 	if (w->shown >= w->limit || w->fields + 1 + env->n_rcpts > QCTL_FIELDS_BUDGET ||
 	    w->bytes + cost > QCTL_BYTES_BUDGET) {
 		w->capped = true;
@@ -511,7 +520,7 @@ static void add_text(struct queue_ctl *q, const struct spool_envelope *env, bool
 	spool_body_close(&b);
 	buf[len] = '\0';
 	for (char *p = buf, *nl; p < buf + len && !cut; p = nl + 1) {
-		size_t n;
+		size_t n, e;
 
 		nl = memchr(p, '\n', (size_t)(buf + len - p));
 		if (nl == NULL)
@@ -527,11 +536,13 @@ static void add_text(struct queue_ctl *q, const struct spool_envelope *env, bool
 				break;
 			continue;
 		}
-		if (++fields > QCTL_TEXT_FIELDS || (in_body ? bbytes : hbytes) + n > (in_body ? QCTL_BODY_MAX : QCTL_HEADER_MAX)) {
+		e = control_escape(NULL, 0, p, n) + 8;
+		if (++fields > QCTL_TEXT_FIELDS ||
+		    (in_body ? bbytes : hbytes) + e > (in_body ? QCTL_BODY_MAX : QCTL_HEADER_MAX)) {
 			cut = true;
 			break;
 		}
-		*(in_body ? &bbytes : &hbytes) += n + 1;
+		*(in_body ? &bbytes : &hbytes) += e;
 		control_reply_add(rep, in_body ? "body" : "header", "%.*s", (int)n, p);
 	}
 	if (cut || (body && len < env->size && len == max))
@@ -547,6 +558,7 @@ static void cmd_show(struct queue_ctl *q, const struct control_call *call,
 	struct spool_envelope *env = NULL;
 	struct qctl_hops *hops;
 	char err[512], s[1024];
+	size_t i, used = 0;
 	int rc;
 
 	if (req->argc < 2 || req->argc > 3 || !qctl_qid_valid(req->argv[1]) ||
@@ -590,11 +602,16 @@ static void cmd_show(struct queue_ctl *q, const struct control_call *call,
 	if (env->smtputf8)
 		control_reply_add(rep, "smtputf8", "yes");
 	hops = calloc(1, sizeof *hops);
-	for (size_t i = 0; hops != NULL && i < env->n_rcpts && i < QCTL_SHOW_RCPTS; i++)
+	for (i = 0; hops != NULL && i < env->n_rcpts && i < QCTL_SHOW_RCPTS; i++) {
+		used += 160 + escaped_len(env->rcpts[i].addr, SIZE_MAX) +
+			escaped_len(env->rcpts[i].last_reply, 1024);
+		if (used > QCTL_RCPT_BYTES)
+			break;
 		qctl_add_rcpt(rep, hops, *q->routes, env, i);
-	if (env->n_rcpts > QCTL_SHOW_RCPTS)
-		control_reply_add(rep, "rcpts_truncated", "%zu recipients, %d shown", env->n_rcpts,
-				  QCTL_SHOW_RCPTS);
+	}
+	if (i < env->n_rcpts)
+		control_reply_add(rep, "rcpts_truncated", "%zu recipients, %zu shown (all are in `carrier queue list`)",
+				  env->n_rcpts, i);
 	free(hops);
 	add_text(q, env, req->argc == 3, rep);
 	spool_envelope_free(&env);

@@ -19,11 +19,12 @@ struct control_reply;
  * CONTROL_RESP_FIELDS_MAX (4096 fields). */
 #define QCTL_FIELDS_BUDGET 3800
 #define QCTL_BYTES_BUDGET (200 * 1024)
-#define QCTL_HEADER_MAX (48 * 1024)   /* header bytes `show` returns */
-#define QCTL_BODY_MAX (96 * 1024)     /* body bytes `show body` returns */
+#define QCTL_HEADER_MAX (48 * 1024)   /* header bytes `show` returns (escaped) */
+#define QCTL_BODY_MAX (96 * 1024)     /* body bytes `show body` returns (escaped) */
 #define QCTL_LINE_MAX 4000            /* one header or body line */
 #define QCTL_TEXT_FIELDS 3000         /* header + body lines */
 #define QCTL_SHOW_RCPTS 500           /* recipients `show` lists */
+#define QCTL_RCPT_BYTES (64 * 1024)   /* and the bytes they take */
 #define QCTL_BUCKETS 10               /* summary age columns */
 #define QCTL_HOPS_MAX 2000            /* summary rows */
 #define QCTL_HOP_CACHE 64

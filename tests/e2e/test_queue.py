@@ -344,3 +344,21 @@ def test_stop_drains_and_waits(qd):
     assert qd.events("QUEUE_STOP_REQUESTED")[0]["fields"]["uid"] == 0
     after = cq(qd, "queue")
     assert after.returncode == 3
+
+
+def test_many_ids_go_in_batches(qd):
+    s = qd.smtp()
+    try:
+        for i in range(30):
+            s.sendmail(f"batch{i}@example.org", [f"temp{i}@one.example"],
+                       f"Subject: batch {i}\r\n\r\nx\r\n")
+    finally:
+        s.quit()
+    ids = [m["qid"] for m in qjson(qd)]
+    assert len(ids) == 30
+    r = cq(qd, "queue", "hold", *ids)
+    assert r.returncode == 0, r.stderr
+    assert len(qjson(qd, "--state", "held")) == 30
+    r = cq(qd, "queue", "delete", "--yes", *ids)
+    assert r.returncode == 0, r.stderr
+    assert qjson(qd) == []
