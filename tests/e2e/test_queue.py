@@ -362,3 +362,12 @@ def test_many_ids_go_in_batches(qd):
     r = cq(qd, "queue", "delete", "--yes", *ids)
     assert r.returncode == 0, r.stderr
     assert qjson(qd) == []
+
+
+def test_show_bounds_a_body_of_control_bytes(qd):
+    body = ("\x01" * 900 + "\r\n") * 250         # 4x larger once escaped
+    qid = send(qd, "ctl@example.org", ["temp1@one.example"], "control bytes", body=body)
+    r = cq(qd, "queue", "show", qid, "--body")
+    assert r.returncode == 0, r.stderr
+    assert "text_truncated" in r.stdout
+    assert "Subject: control bytes" in r.stdout
