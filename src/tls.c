@@ -16,6 +16,7 @@
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <openssl/x509.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -102,6 +103,7 @@ static SSL_CTX *ctx_new(const struct carrier_conf *conf, const char *cert, const
 	SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
 	int minv = strcasecmp(conf->tls_min_version, "TLSv1.3") == 0 ? TLS1_3_VERSION :
 		   TLS1_2_VERSION;
+	char mismatch[1200];
 
 	ERR_clear_error();
 	if (ctx == NULL) {
@@ -126,15 +128,16 @@ static SSL_CTX *ctx_new(const struct carrier_conf *conf, const char *cert, const
 	}
 	if (chain != NULL && chain[0] && add_chain(ctx, chain, path_r, pathlen, err, errlen) < 0)
 		goto fail;
+	snprintf(mismatch, sizeof mismatch, "the key does not match the certificate %s", cert);
 	if (SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) != 1) {
-		set_fail(path_r, pathlen, key, err, errlen, "cannot use the private key");
+		bool bad_pair = ERR_GET_REASON(ERR_peek_last_error()) == X509_R_KEY_VALUES_MISMATCH;
+
+		set_fail(path_r, pathlen, key, err, errlen,
+			 bad_pair ? mismatch : "cannot use the private key");
 		goto fail;
 	}
 	if (SSL_CTX_check_private_key(ctx) != 1) {
-		char what[TLS_NAME_MAX + 64];
-
-		snprintf(what, sizeof what, "key does not match the certificate %s", cert);
-		set_fail(path_r, pathlen, key, err, errlen, what);
+		set_fail(path_r, pathlen, key, err, errlen, mismatch);
 		goto fail;
 	}
 	return ctx;
