@@ -11,7 +11,8 @@
  *                   record layout is frozen forever so any carrierd can read
  *                   the version of any spool.
  *     "env"         qid -> ENVELOPE record (sender, recipients and their
- *                   state, DSN, body type, client, arrival, size, body CRC)
+ *                   state, DSN, body type, client, arrival, size, body CRC,
+ *                   and the administrator's hold flag when set)
  *     "body"        qid -> BODY record (the raw message) for inline bodies
  *     "quarantine"  qid -> QUARANTINE record (reason, time, the raw bytes of
  *                   the damaged envelope record)
