@@ -65,7 +65,7 @@ static int set_fail(char *path_r, size_t pathlen, const char *path, char *err, s
 	ssl_reason(reason, sizeof reason);
 	if (path_r != NULL)
 		snprintf(path_r, pathlen, "%s", path);
-	snprintf(err, errlen, "%s: %s (%s)", path, what, reason);
+	snprintf(err, errlen, "%s (%s)", what, reason);
 	return -1;
 }
 
@@ -79,7 +79,7 @@ static int add_chain(SSL_CTX *ctx, const char *chain, char *path_r, size_t pathl
 	if (f == NULL) {
 		if (path_r != NULL)
 			snprintf(path_r, pathlen, "%s", chain);
-		snprintf(err, errlen, "%s: cannot read the chain file (%s)", chain, strerror(errno));
+		snprintf(err, errlen, "cannot read the chain file (%s)", strerror(errno));
 		return -1;
 	}
 	while ((x = PEM_read_X509(f, NULL, NULL, NULL)) != NULL) {

@@ -28,9 +28,10 @@ typedef struct ssl_st SSL;
 /*
  * Builds the contexts from conf's [tls] section.  Returns NULL with *err
  * empty when no certificate is configured (TLS off), NULL with a reason in
- * err ("/etc/carrier/key.pem: key does not match the certificate
- * /etc/carrier/cert.pem (...)") when a file cannot be used, else a struct
- * tls with one reference.  `path_r` (may be NULL) receives the failing path.
+ * err ("the key does not match the certificate /etc/carrier/cert.pem
+ * (error:05800074:x509 certificate routines::key values mismatch)") and
+ * the failing file in `path_r` when a file cannot be used, else a struct
+ * tls with one reference.
  */
 struct tls *tls_new(const struct carrier_conf *conf, char *path_r, size_t pathlen,
 		    char *err, size_t errlen);
