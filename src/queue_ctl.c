@@ -195,10 +195,14 @@ static int list_cb(void *arg, const struct spool_envelope *env)
 	if (w->matched++ < w->offset || w->capped)
 		return 0;
 	/* What this message adds once escaped: stay inside the reply bounds. */
-	cost = 200 + escaped_len(env->sender, 1024);
-	for (size_t i = 0; i < env->n_rcpts; i++)
-		cost += 160 + escaped_len(env->rcpts[i].addr, SIZE_MAX) +
-			escaped_len(env->rcpts[i].last_reply, 1024);
+	cost = 96 + escaped_len(env->sender, 1024);
+	for (size_t i = 0; i < env->n_rcpts; i++) {
+		const struct spool_rcpt *r = &env->rcpts[i];
+
+		cost += 80 + escaped_len(r->addr, SIZE_MAX) + escaped_len(r->last_reply, 1024) +
+			(qctl_rcpt_pending(r) ? strlen(qctl_hop(&w->hops, *w->q->routes,
+							       rcpt_domain(r->addr))) : 1);
+	}
 	if (w->shown >= w->limit || w->fields + 1 + env->n_rcpts > QCTL_FIELDS_BUDGET ||
 	    w->bytes + cost > QCTL_BYTES_BUDGET) {
 		w->capped = true;
