@@ -1,0 +1,191 @@
+"""Blast radius (issue 8, item 5), the parts that need no outbound relay:
+descriptor exhaustion, a thousand idle connections, slowloris clients and a
+client stalling mid-DATA.  Other sessions go on delivering mail, timeouts
+fire with events, and service resumes when the pressure goes away.
+"""
+import resource
+import select
+import socket
+import threading
+import time
+
+import pytest
+
+from faultlib import give_to_carrier
+
+LOG = "[log]\nlevel.smtp_in = medium\nlevel.delivery = medium\n[server]\ndrain_timeout = 2s\n"
+
+
+def raise_nofile(n):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < n:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(n, hard), hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def mail_daemon(make_daemon, extra="", argv_prefix=None):
+    d = make_daemon(LOG + extra, start=False)
+    d.maildir.mkdir()
+    give_to_carrier(d.maildir)
+    d.start(argv=(argv_prefix or []) + d.argv())
+    return d
+
+
+def deliver(d, tag, timeout=10):
+    """One message through SMTP to the Maildir; True once the file is there."""
+    import smtplib
+    s = smtplib.SMTP("127.0.0.1", d.port, timeout=timeout)
+    try:
+        s.sendmail("a@sender.example", ["u@localhost"],
+                   f"Subject: {tag}\r\nMessage-ID: <{tag}@blast.test>\r\n\r\nhi\r\n")
+    finally:
+        s.quit()
+    deadline = time.time() + timeout
+    new = d.maildir / "u" / "new"
+    while time.time() < deadline:
+        if new.is_dir() and any(f"<{tag}@blast.test>" in p.read_text(errors="replace")
+                                for p in new.iterdir()):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def assert_clean_stop(d):
+    rc = d.stop()
+    err = d.stderr()
+    assert "Sanitizer" not in err and "runtime error" not in err, err[-3000:]
+    assert rc == 0, err[-3000:]
+
+
+def test_fd_exhaustion_ulimit_64(make_daemon):
+    d = mail_daemon(make_daemon, argv_prefix=["prlimit", "--nofile=64:64", "--"])
+    assert deliver(d, "before")
+    socks, greeted, refused = [], 0, 0
+    for _ in range(100):
+        try:
+            s = socket.create_connection(("127.0.0.1", d.port), timeout=2)
+            socks.append(s)
+        except OSError:
+            refused += 1
+    # Banners, all at once: connections beyond the daemon's descriptors
+    # wait in the listen backlog while it pauses accepting.
+    pending = {s.fileno(): s for s in socks}
+    deadline = time.time() + 3
+    while pending and time.time() < deadline:
+        ready, _, _ = select.select(list(pending), [], [], 0.2)
+        for fd in ready:
+            try:
+                greeted += pending.pop(fd).recv(512).startswith(b"220")
+            except OSError:
+                pass
+    # Some sessions were served, the rest waited or were turned away; the
+    # daemon is alive.
+    assert 0 < greeted < 100, (greeted, refused)
+    assert d.proc.poll() is None, d.stderr()[-3000:]
+    for s in socks:
+        s.close()
+    # Service resumes (the listener pauses for a second on EMFILE).
+    deadline = time.time() + 10
+    ok = False
+    while time.time() < deadline and not ok:
+        try:
+            ok = deliver(d, f"after{int(time.time() * 1000)}")
+        except OSError:
+            time.sleep(0.2)
+    assert ok, d.stderr()[-3000:]
+    assert_clean_stop(d)
+
+
+def slowloris(port, stop, sent):
+    """Opens a session and sends one byte every second, never a full line."""
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        s.recv(512)
+        while not stop.is_set():
+            s.sendall(b"N")
+            sent.append(1)
+            time.sleep(1.0)
+    except OSError:
+        return
+
+
+def test_idle_connections_and_slowloris(make_daemon):
+    n_idle = 1000
+    if raise_nofile(n_idle + 300) < n_idle + 200:
+        pytest.skip("cannot raise RLIMIT_NOFILE for 1000 connections")
+    d = mail_daemon(make_daemon, "[smtp]\nmax_connections_per_ip = 5000\n"
+                                 "idle_timeout = 3s\ncommand_timeout = 3s\n")
+    idle = []
+    for _ in range(n_idle):
+        idle.append(socket.create_connection(("127.0.0.1", d.port), timeout=5))
+    stop, sent = threading.Event(), []
+    lorises = [threading.Thread(target=slowloris, args=(d.port, stop, sent), daemon=True)
+               for _ in range(20)]
+    for t in lorises:
+        t.start()
+    try:
+        # Other sessions still deliver while all of those are held open.
+        t0 = time.time()
+        for i in range(5):
+            assert deliver(d, f"busy{i}"), d.stderr()[-3000:]
+        assert time.time() - t0 < 10
+        # The timeouts fire: the idle sessions and the slowloris ones
+        # (a byte a second is not a command) are closed with events.
+        deadline = time.time() + 15
+        while time.time() < deadline and len(d.events("SMTP_IN_TIMEOUT")) < n_idle + 20:
+            time.sleep(0.2)
+        assert len(d.events("SMTP_IN_TIMEOUT")) >= n_idle + 20, \
+            f"{len(d.events('SMTP_IN_TIMEOUT'))} timeouts"
+        closed = 0
+        for s in idle[:50]:
+            s.settimeout(2)
+            try:
+                data = s.recv(4096)
+                while data and b"421" not in data:
+                    data = s.recv(4096)
+                closed += 1
+            except OSError:
+                pass
+        assert closed == 50
+    finally:
+        stop.set()
+        for s in idle:
+            s.close()
+    assert deliver(d, "after")
+    assert_clean_stop(d)
+
+
+def test_stall_mid_data_does_not_block_others(make_daemon):
+    d = mail_daemon(make_daemon, "[smtp]\ndata_timeout = 2s\n")
+    s = socket.create_connection(("127.0.0.1", d.port), timeout=10)
+    f = s.makefile("rb")
+    f.readline()
+    for cmd in (b"EHLO staller\r\n", b"MAIL FROM:<a@b.example>\r\n",
+                b"RCPT TO:<u@localhost>\r\n", b"DATA\r\n"):
+        s.sendall(cmd)
+        line = f.readline()
+        while line[3:4] == b"-":
+            line = f.readline()
+    assert line.startswith(b"354")
+    s.sendall(b"Subject: stalled\r\n\r\nhalf a mess")     # and nothing more
+    t0 = time.time()
+    for i in range(3):
+        assert deliver(d, f"other{i}")
+    assert time.time() - t0 < 5
+    rest = b""
+    while True:
+        try:
+            chunk = s.recv(4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        rest += chunk
+    assert rest.startswith(b"421"), rest
+    assert 1.5 < time.time() - t0 < 8
+    d.wait_event("SMTP_IN_TIMEOUT")
+    s.close()
+    # The stalled message was not kept.
+    new = d.maildir / "u" / "new"
+    assert not any("stalled" in p.read_text() for p in new.iterdir())
+    assert_clean_stop(d)
