@@ -829,6 +829,8 @@ static bool input_command(struct smtp_session *s, struct evbuffer *in)
 	if (line == NULL)
 		return false;
 	session_command(s, (const char *)line, len);
+	if (max == SASL_LINE_MAX)
+		explicit_bzero(line, len);   /* an initial response holds a password */
 	evbuffer_drain(in, len);
 	s->line_since = 0;   /* the next line's clock starts now */
 	return true;
