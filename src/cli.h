@@ -7,6 +7,15 @@
 #ifndef CARRIER_CLI_H
 #define CARRIER_CLI_H
 
+#include "conf.h"
+
+/* Loads `path` (NULL: the embedded default); on errors prints each as
+ * "who: FILE:LINE: key: problem" and returns NULL.  cli_common.c */
+struct carrier_conf *cli_load_conf(const char *who, const char *path);
+/* Prints configuration (or routing table) errors, prefixed by `who`
+ * unless it is NULL. */
+void cli_print_conf_errors(const char *who, const struct conf_errors *errs);
+
 int cli_doctor_main(int argc, char **argv);   /* cli_doctor.c */
 int cli_status_main(int argc, char **argv);   /* cli_status.c */
 int cli_send_main(int argc, char **argv);     /* cli_send.c */

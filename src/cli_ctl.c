@@ -10,26 +10,11 @@
 #include "conf.h"
 #include "control.h"
 
-/* Loads -c FILE (or the embedded default) just for the socket path. */
-static struct carrier_conf *ctl_conf(const char *path)
-{
-	struct conf_errors errs = { 0 };
-	struct carrier_conf *c = conf_load(path, &errs);
-	char line[1024];
-
-	for (size_t i = 0; i < errs.n; i++) {
-		conf_error_format(&errs.v[i], line, sizeof line);
-		fprintf(stderr, "%s\n", line);
-	}
-	conf_errors_clear(&errs);
-	return c;
-}
-
 /* Sends `request` and prints the fields; exit 0 on 200, 3 when carrierd
  * is not running, 1 otherwise. */
 static int ctl_run(const char *conf_path, const char *request, const char *what)
 {
-	struct carrier_conf *c = ctl_conf(conf_path);
+	struct carrier_conf *c = cli_load_conf("carrier", conf_path);
 	struct control_response resp;
 	char err[512];
 	int rc;

@@ -73,16 +73,6 @@ static int parse_opts(int argc, char **argv, struct route_opts *o)
 	return 0;
 }
 
-static void print_errors(const struct conf_errors *errs)
-{
-	char line[1024];
-
-	for (size_t i = 0; i < errs->n; i++) {
-		conf_error_format(&errs->v[i], line, sizeof line);
-		fprintf(stderr, "%s\n", line);
-	}
-}
-
 static void print_decision(const char *address, const struct route_decision *d)
 {
 	printf("address: %s\n", address);
@@ -251,13 +241,13 @@ int cli_route_main(int argc, char **argv)
 		return 2;
 	conf = conf_load(o.config, &errs);
 	if (conf == NULL) {
-		print_errors(&errs);
+		cli_print_conf_errors(NULL, &errs);
 		conf_errors_clear(&errs);
 		return 2;
 	}
 	t = route_table_new(conf, &errs);
 	if (t == NULL) {
-		print_errors(&errs);
+		cli_print_conf_errors(NULL, &errs);
 		if (errs.n == 0)
 			fprintf(stderr, "carrier route: out of memory\n");
 		goto out;

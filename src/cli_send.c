@@ -877,7 +877,6 @@ out:
 int cli_send_main(int argc, char **argv)
 {
 	struct send_opts o = { 0 };
-	struct conf_errors errs = { 0 };
 	struct carrier_conf *conf;
 	int rc = parse_args(argc, argv, &o);
 
@@ -886,15 +885,8 @@ int cli_send_main(int argc, char **argv)
 		opts_free(&o);
 		return rc > 0 ? EX_OK_ : EX_USAGE_;
 	}
-	conf = conf_load(o.config, &errs);
+	conf = cli_load_conf("carrier send", o.config);
 	if (conf == NULL) {
-		char line[1024];
-
-		for (size_t i = 0; i < errs.n; i++) {
-			conf_error_format(&errs.v[i], line, sizeof line);
-			fprintf(stderr, "carrier send: %s\n", line);
-		}
-		conf_errors_clear(&errs);
 		opts_free(&o);
 		return EX_CONFIG_;
 	}

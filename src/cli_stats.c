@@ -31,23 +31,6 @@
 
 /* ---- shared with carrier top ------------------------------------------------- */
 
-struct carrier_conf *stats_load_conf(const char *who, const char *path)
-{
-	struct conf_errors errs = { 0 };
-	struct carrier_conf *conf = conf_load(path, &errs);
-	char line[1024];
-
-	if (conf)
-		return conf;
-	for (size_t i = 0; i < errs.n; i++) {
-		conf_error_format(&errs.v[i], line, sizeof line);
-		fprintf(stderr, "%s: %s\n", who, line);
-	}
-	fprintf(stderr, "%s: cannot load the configuration %s: fix the errors above\n", who,
-		path ? path : "<embedded>");
-	conf_errors_clear(&errs);
-	return NULL;
-}
 
 static bool pid_alive(int32_t pid)
 {
@@ -434,7 +417,7 @@ int cli_stats_main(int argc, char **argv)
 		stats_usage(rc > 0 ? stdout : stderr);
 		return rc > 0 ? 0 : STATS_EXIT_USAGE;
 	}
-	if ((conf = stats_load_conf("carrier stats", o.config)) == NULL)
+	if ((conf = cli_load_conf("carrier stats", o.config)) == NULL)
 		return STATS_EXIT_ERROR;
 	if ((snap = malloc(sizeof *snap)) == NULL) {
 		fprintf(stderr, "carrier stats: out of memory\n");

@@ -39,9 +39,6 @@ struct stats_origin {
 int stats_load(const struct carrier_conf *conf, struct counters_shm *snap,
 	       struct stats_origin *origin, char *err, size_t errlen);
 
-/* Loads the configuration (NULL = embedded), printing errors prefixed by
- * `who` ("carrier stats"); NULL on errors. */
-struct carrier_conf *stats_load_conf(const char *who, const char *path);
 
 /* Formatting helpers; each writes into buf and returns it. */
 const char *stats_fmt_bytes(char *buf, size_t size, long long n);   /* "1.5M" */

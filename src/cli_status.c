@@ -293,14 +293,10 @@ static struct carrier_conf *load_conf(const char *path, int json)
 {
 	struct conf_errors errs = { 0 };
 	struct carrier_conf *conf = conf_load(path, &errs);
-	char line[1024];
 
 	if (conf)
 		return conf;
-	for (size_t i = 0; i < errs.n; i++) {
-		conf_error_format(&errs.v[i], line, sizeof line);
-		fprintf(stderr, "carrier status: %s\n", line);
-	}
+	cli_print_conf_errors("carrier status", &errs);
 	status_error(json, "cannot load the configuration %s: fix the errors above",
 		     path ? path : "<embedded>");
 	conf_errors_clear(&errs);

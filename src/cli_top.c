@@ -267,7 +267,7 @@ int cli_top_main(int argc, char **argv)
 		top_usage(rc > 0 ? stdout : stderr);
 		return rc > 0 ? 0 : STATS_EXIT_USAGE;
 	}
-	if ((conf = stats_load_conf("carrier top", o.config)) == NULL)
+	if ((conf = cli_load_conf("carrier top", o.config)) == NULL)
 		return STATS_EXIT_ERROR;
 	cur = malloc(sizeof *cur);
 	prev = malloc(sizeof *prev);

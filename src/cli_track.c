@@ -775,20 +775,11 @@ static void print_stories(const struct reader *r, FILE *out)
  * until conf carries track.dir. */
 static char *dir_from_conf(const char *config)
 {
-	struct conf_errors errs = { 0 };
-	struct carrier_conf *conf = conf_load(config, &errs);
+	struct carrier_conf *conf = cli_load_conf("carrier track", config);
 	char *dir = NULL;
 
-	if (conf == NULL) {
-		for (size_t i = 0; i < errs.n; i++) {
-			char buf[1024];
-
-			conf_error_format(&errs.v[i], buf, sizeof buf);
-			fprintf(stderr, "%s\n", buf);
-		}
-		conf_errors_clear(&errs);
+	if (conf == NULL)
 		return NULL;
-	}
 	if (conf->track_path[0] == '\0')
 		fprintf(stderr, "carrier track: tracking is off in %s ([track] dir = off)\n", conf->path);
 	else
