@@ -506,7 +506,7 @@ static int start_listeners(struct daemon *d, int *fds)
 				       (cl->implicit_tls ? SMTP_SERVER_IMPLICIT_TLS : 0);
 		d->listeners[i] = evconnlistener_new(d->base, accept_cb, d,
 						     LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC,
-						     -1, fds[i]);
+						     0, fds[i]);   /* 0: already listening (diag, backlog 1024); -1 would re-listen at 128 */
 		if (d->listeners[i] == NULL)
 			return -1;
 		fds[i] = -1;
