@@ -58,16 +58,22 @@ int cli_log_level_main(int argc, char **argv)
 	const char *conf = NULL;
 	char req[256];
 	int rc = ctl_parse(argc, argv, &conf,
-			   "carrier log-level [-c FILE] [CATEGORY none|minimum|medium|maximum]");
+			   "carrier log-level [-c FILE] [CATEGORY=LEVEL | CATEGORY LEVEL]  (LEVEL: none, minimum, medium, maximum)");
 
 	if (rc >= 0)
 		return rc;
-	if (argc - optind == 0)
+	if (argc - optind == 0) {
 		snprintf(req, sizeof req, "log-level");
-	else if (argc - optind == 2)
+	} else if (argc - optind == 1 && strchr(argv[optind], '=') != NULL) {
+		/* CATEGORY=LEVEL, as in the configuration's level.CATEGORY = LEVEL */
+		const char *eq = strchr(argv[optind], '=');
+
+		snprintf(req, sizeof req, "log-level %.*s %s", (int)(eq - argv[optind]),
+			 argv[optind], eq + 1);
+	} else if (argc - optind == 2) {
 		snprintf(req, sizeof req, "log-level %s %s", argv[optind], argv[optind + 1]);
-	else {
-		fprintf(stderr, "usage: carrier log-level [-c FILE] [CATEGORY LEVEL]\n");
+	} else {
+		fprintf(stderr, "usage: carrier log-level [-c FILE] [CATEGORY=LEVEL | CATEGORY LEVEL]\n");
 		return 2;
 	}
 	return ctl_run(conf, req, "log-level");

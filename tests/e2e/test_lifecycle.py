@@ -224,6 +224,9 @@ def test_log_level_changes_at_runtime(daemon):
     assert ev[0]["fields"] == {"category": "smtp_in", "level": "maximum"}
     r = daemon.carrier("log-level", "-c", str(daemon.conf_path), "smtp_in", "loud")
     assert r.returncode != 0
+    r = daemon.carrier("log-level", "-c", str(daemon.conf_path), "delivery=medium")
+    assert r.returncode == 0, r.stderr
+    assert "delivery: medium" in r.stdout
 
 
 def test_background_start_reports_ready_and_failure(workdir):
