@@ -27,11 +27,16 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <unistd.h>
 
 #include "conf.h"
 #include "evlog.h"
 #include "smtp_parse.h"
+#include "tls.h"
 
 #define SC_CHUNK 16384u          /* body bytes read per step */
 #define SC_OUT_HIGH 65536u       /* keep at most this much queued */
@@ -46,6 +51,8 @@ enum sc_state {
 	SC_CONNECTING,
 	SC_GREETING,
 	SC_EHLO,
+	SC_STARTTLS,    /* STARTTLS sent, waiting for 220 */
+	SC_HANDSHAKE,   /* TLS handshake running */
 	SC_HELO,
 	SC_RSET,        /* reused: RSET before the job */
 	SC_TXN,         /* a transaction is running */
@@ -101,6 +108,9 @@ struct sc_job {
 	struct event *done_ev;
 	bool finished;
 	bool no_reuse;                   /* a pooled connection was dead */
+	enum smtp_client_tls tls;
+	char *tls_ca_file, *tls_name;
+	char tls_text[SMTP_CLIENT_TLS_TEXT_MAX];
 	/* results */
 	struct smtp_client_rcpt_result *res;
 	bool *decided;
@@ -133,7 +143,9 @@ struct sc_conn {
 	bool need_rset;                  /* last transaction was cut short */
 	unsigned txn_replies;            /* replies seen in this transaction */
 	/* capabilities */
-	bool esmtp, pipelining, has_size, eightbit, utf8, dsn;
+	bool esmtp, pipelining, has_size, eightbit, utf8, dsn, starttls;
+	bool tls_on, tls_verified;
+	char tls_text[SMTP_CLIENT_TLS_TEXT_MAX];
 	uint64_t size_max;
 	struct smtp_parse_reply_parser parser;
 	struct smtp_parse_reply reply;
@@ -152,6 +164,7 @@ struct smtp_client {
 	struct sc_job *jobs;
 	struct sc_job *wait_head, *wait_tail;
 	struct smtp_client_stats stats;
+	struct tls_client *tls;          /* made at the first STARTTLS */
 	char scratch[2 * SC_CHUNK + 8];
 	char inbuf[SC_CHUNK];
 };
@@ -384,6 +397,7 @@ static void job_done_cb(evutil_socket_t fd, short what, void *arg)
 	snprintf(res.host, sizeof res.host, "%s", job->host);
 	snprintf(res.addr, sizeof res.addr, "%s", job->addr);
 	res.reused = job->reused;
+	snprintf(res.tls, sizeof res.tls, "%s", job->tls_text);
 	res.attempts = job->attempts;
 	res.n_attempts = job->n_attempts;
 	res.rcpts = job->res;
@@ -700,6 +714,9 @@ static bool job_can_use(const struct sc_job *job, const struct sc_conn *conn)
 {
 	if (conn->mode != job->mode || strcmp(conn->nexthop, job->nexthop) != 0)
 		return false;
+	if ((job->tls >= SMTP_CLIENT_TLS_ENCRYPT && !conn->tls_on) ||
+	    (job->tls == SMTP_CLIENT_TLS_VERIFY && !conn->tls_verified))
+		return false;
 	for (size_t i = 0; i < job->n_dests; i++)
 		if (dest_equal(&job->dests[i], &conn->dest))
 			return true;
@@ -850,6 +867,9 @@ static void caps_parse(struct sc_conn *conn, const struct smtp_parse_reply *r)
 	const char *p = memchr(r->text, '\n', r->text_len);
 	const char *end = r->text + r->text_len;
 
+	/* Only the last EHLO counts (after STARTTLS the list may change). */
+	conn->pipelining = conn->eightbit = conn->utf8 = conn->dsn = false;
+	conn->has_size = conn->starttls = false;
 	conn->esmtp = true;
 	while (p != NULL && p < end) {
 		const char *line = p + 1;
@@ -872,6 +892,8 @@ static void caps_parse(struct sc_conn *conn, const struct smtp_parse_reply *r)
 			conn->utf8 = true;
 		} else if (strcmp(kw, "DSN") == 0) {
 			conn->dsn = true;
+		} else if (strcmp(kw, "STARTTLS") == 0) {
+			conn->starttls = true;
 		} else if (strcmp(kw, "SIZE") == 0) {
 			conn->has_size = true;
 			conn->size_max = 0;
@@ -977,6 +999,7 @@ static void txn_start(struct sc_conn *conn)
 	job->connected = true;
 	snprintf(job->host, sizeof job->host, "%s", conn->dest.host);
 	snprintf(job->addr, sizeof job->addr, "%s", conn->addr_text);
+	snprintf(job->tls_text, sizeof job->tls_text, "%s", conn->tls_on ? conn->tls_text : "");
 	if (job->body_type == SPOOL_BODY_BINARYMIME) {
 		txn_refuse(conn, 554, "5.6.3", "binary MIME message cannot be relayed: BDAT is not supported");
 		return;
@@ -1237,6 +1260,121 @@ static void send_hello(struct sc_conn *conn, const char *verb)
 	conn_arm(conn, conn->c->opts.command_ms);
 }
 
+/* ---- STARTTLS ------------------------------------------------------------- */
+
+static bool tls_required(const struct sc_conn *conn)
+{
+	return conn->job != NULL && conn->job->tls >= SMTP_CLIENT_TLS_ENCRYPT;
+}
+
+static void tls_fail(struct sc_conn *conn, const char *why, bool polite)
+{
+	char reason[SMTP_CLIENT_TEXT_MAX];
+	enum smtp_client_tls t = conn->job ? conn->job->tls : SMTP_CLIENT_TLS_NONE;
+
+	snprintf(reason, sizeof reason, "TLS %s: %s", smtp_client_tls_name(t), why);
+	evlog_emit(conn->c->log, EV_SMTP_OUT_TLS_FAILED,
+		   EVF_S("host", conn->dest.host[0] ? conn->dest.host : "-"),
+		   EVF_S("addr", conn->addr_text), EVF_S("policy", smtp_client_tls_name(t)),
+		   EVF_S("reason", why));
+	conn_fail(conn, reason, polite);
+}
+
+/* After EHLO: STARTTLS when the policy wants it.  Returns true when the
+ * connection was taken over (STARTTLS sent, or failed). */
+static bool tls_step(struct sc_conn *conn)
+{
+	struct sc_job *job = conn->job;
+
+	if (job == NULL || job->tls == SMTP_CLIENT_TLS_NONE || conn->tls_on ||
+	    conn->mode != SMTP_CLIENT_SMTP || conn->dest.addr_len == 0)
+		return false;
+	if (!conn->starttls) {
+		if (!tls_required(conn))
+			return false;
+		tls_fail(conn, "the peer does not offer STARTTLS", true);
+		return true;
+	}
+	conn->state = SC_STARTTLS;
+	conn_printf(conn, "STARTTLS\r\n");
+	conn_arm(conn, conn->c->opts.command_ms);
+	return true;
+}
+
+/* 220 to STARTTLS: the socket goes to an OpenSSL bufferevent. */
+static void tls_begin(struct sc_conn *conn)
+{
+	struct smtp_client *c = conn->c;
+	struct sc_job *job = conn->job;
+	const char *verify = NULL;
+	struct bufferevent *bev;
+	char err[SMTP_CLIENT_TEXT_MAX];
+	SSL *ssl;
+	int fd;
+
+	if (evbuffer_get_length(bufferevent_get_input(conn->bev)) > 0) {
+		/* Plaintext after the 220 would be read as if it came under
+		 * TLS: the CVE-2011-0411 class.  Never go on. */
+		tls_fail(conn, "the peer sent data after the STARTTLS reply", false);
+		return;
+	}
+	if (job->tls == SMTP_CLIENT_TLS_VERIFY)
+		verify = job->tls_name ? job->tls_name : conn->dest.host;
+	if (c->tls == NULL && (c->tls = tls_client_new(err, sizeof err)) == NULL) {
+		tls_fail(conn, err, true);
+		return;
+	}
+	ssl = tls_client_ssl(c->tls, job->tls_ca_file, conn->dest.host, verify, err, sizeof err);
+	if (ssl == NULL) {
+		tls_fail(conn, err, true);
+		return;
+	}
+	fd = bufferevent_getfd(conn->bev);
+	bufferevent_disable(conn->bev, EV_READ | EV_WRITE);
+	bufferevent_setfd(conn->bev, -1);
+	bev = bufferevent_openssl_socket_new(c->base, fd, ssl, BUFFEREVENT_SSL_CONNECTING,
+					     BEV_OPT_CLOSE_ON_FREE);
+	if (bev == NULL) {
+		close(fd);
+		tls_fail(conn, "out of memory", false);
+		return;
+	}
+	bufferevent_free(conn->bev);
+	conn->bev = bev;
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	bufferevent_setcb(bev, conn_read_cb, conn_write_cb, conn_event_cb, conn);
+	bufferevent_enable(bev, EV_READ | EV_WRITE);
+	conn->state = SC_HANDSHAKE;
+	conn_arm(conn, c->opts.command_ms);
+}
+
+/* The handshake finished: check the certificate, then EHLO again. */
+static void tls_established(struct sc_conn *conn)
+{
+	SSL *ssl = bufferevent_openssl_get_ssl(conn->bev);
+	struct sc_job *job = conn->job;
+	char version[16], cipher[64], why[SMTP_CLIENT_TEXT_MAX];
+
+	evtimer_del(conn->timer);
+	if (job != NULL && job->tls == SMTP_CLIENT_TLS_VERIFY) {
+		if (!tls_client_check(ssl, why, sizeof why)) {
+			tls_fail(conn, why, true);
+			return;
+		}
+		conn->tls_verified = true;
+	}
+	tls_describe(ssl, version, sizeof version, cipher, sizeof cipher);
+	snprintf(conn->tls_text, sizeof conn->tls_text, "%s %s", version, cipher);
+	conn->tls_on = true;
+	evlog_emit(conn->c->log, EV_SMTP_OUT_TLS_ESTABLISHED,
+		   EVF_S("host", conn->dest.host[0] ? conn->dest.host : "-"),
+		   EVF_S("addr", conn->addr_text), EVF_S("version", version),
+		   EVF_S("cipher", cipher),
+		   EVF_S("policy", smtp_client_tls_name(job ? job->tls : SMTP_CLIENT_TLS_MAY)));
+	conn->state = SC_EHLO;
+	send_hello(conn, "EHLO");
+}
+
 static void handle_reply(struct sc_conn *conn, const struct smtp_parse_reply *r)
 {
 	char reason[SMTP_CLIENT_TEXT_MAX];
@@ -1256,7 +1394,8 @@ static void handle_reply(struct sc_conn *conn, const struct smtp_parse_reply *r)
 	case SC_EHLO:
 		if (ok) {
 			caps_parse(conn, r);
-			txn_start(conn);
+			if (!tls_step(conn))
+				txn_start(conn);
 			return;
 		}
 		if (r->code != 421 && conn->mode == SMTP_CLIENT_SMTP) {
@@ -1270,6 +1409,10 @@ static void handle_reply(struct sc_conn *conn, const struct smtp_parse_reply *r)
 		conn_fail(conn, reason, r->code != 421);
 		return;
 	case SC_HELO:
+		if (ok && tls_required(conn)) {
+			tls_fail(conn, "the peer does not support EHLO, so no STARTTLS", true);
+			return;
+		}
 		if (ok) {
 			txn_start(conn);
 			return;
@@ -1277,6 +1420,22 @@ static void handle_reply(struct sc_conn *conn, const struct smtp_parse_reply *r)
 		snprintf(reason, sizeof reason, "HELO: %u %.*s", r->code,
 			 (int)r->text_len, r->text);
 		conn_fail(conn, reason, r->code != 421);
+		return;
+	case SC_STARTTLS:
+		if (r->code == 220) {
+			tls_begin(conn);
+			return;
+		}
+		if (!tls_required(conn) && r->code != 421) {
+			txn_start(conn);   /* may: on in plaintext */
+			return;
+		}
+		snprintf(reason, sizeof reason, "STARTTLS refused: %u %.*s", r->code,
+			 (int)r->text_len, r->text);
+		tls_fail(conn, reason, r->code != 421);
+		return;
+	case SC_HANDSHAKE:
+		conn_fail(conn, "reply during the TLS handshake", false);
 		return;
 	case SC_RSET:
 		if (ok) {
@@ -1317,7 +1476,8 @@ static void conn_read_cb(struct bufferevent *bev, void *arg)
 	if (conn->state == SC_CONNECTING)
 		conn->state = SC_GREETING;
 	conn->in_read = true;
-	while (!conn->dead && evbuffer_get_length(in) > 0) {
+	/* STARTTLS replaces the bufferevent: stop reading the old one. */
+	while (!conn->dead && conn->bev == bev && evbuffer_get_length(in) > 0) {
 		struct evbuffer_iovec v;
 		struct smtp_parse_reply reply;
 		enum smtp_parse_result res;
@@ -1364,6 +1524,22 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 	int e = EVUTIL_SOCKET_ERROR();
 
 	(void)bev;
+	if ((what & BEV_EVENT_CONNECTED) && conn->state == SC_HANDSHAKE) {
+		tls_established(conn);
+		return;
+	}
+	if (conn->state == SC_HANDSHAKE) {
+		unsigned long oe = bufferevent_get_openssl_error(conn->bev);
+
+		if (oe != 0)
+			ERR_error_string_n(oe, reason, sizeof reason);
+		else
+			snprintf(reason, sizeof reason, "handshake failed: %s",
+				 (what & BEV_EVENT_EOF) ? "connection closed by the peer" :
+				 strerror(e != 0 ? e : EIO));
+		tls_fail(conn, reason, false);
+		return;
+	}
 	if (what & BEV_EVENT_CONNECTED) {
 		/* The greeting may have been read already (read before write
 		 * when both are ready): then the state has moved on. */
@@ -1398,6 +1574,8 @@ static const char *state_name(enum sc_state s)
 	case SC_CONNECTING: return "connect";
 	case SC_GREETING: return "greeting";
 	case SC_EHLO: return "EHLO";
+	case SC_STARTTLS: return "STARTTLS";
+	case SC_HANDSHAKE: return "TLS handshake";
 	case SC_HELO: return "HELO";
 	case SC_RSET: return "RSET";
 	case SC_TXN: return "transaction reply";
@@ -1486,6 +1664,8 @@ static void job_free(struct sc_job *job)
 	free(job->qid);
 	free(job->sender);
 	free(job->envid);
+	free(job->tls_ca_file);
+	free(job->tls_name);
 	free(job);
 }
 
@@ -1553,6 +1733,11 @@ int smtp_client_submit(struct smtp_client *c, const struct smtp_client_job *j,
 	job->spool = j->spool;
 	job->read = j->read;
 	job->read_arg = j->read_arg;
+	job->tls = j->tls;
+	job->tls_ca_file = xstrdup(j->tls_ca_file);
+	job->tls_name = xstrdup(j->tls_name);
+	oom |= (j->tls_ca_file != NULL && job->tls_ca_file == NULL) ||
+	       (j->tls_name != NULL && job->tls_name == NULL);
 	job->done = done;
 	job->done_arg = arg;
 	job->rcpts = calloc(j->n_rcpts, sizeof *job->rcpts);
@@ -1630,5 +1815,32 @@ void smtp_client_free(struct smtp_client **cp)
 		c->jobs = job->next;
 		job_free(job);
 	}
+	tls_client_free(&c->tls);
 	free(c);
+}
+
+int smtp_client_tls_parse(const char *s, enum smtp_client_tls *r)
+{
+	if (s[0] == '\0' || strcmp(s, "may") == 0)
+		*r = SMTP_CLIENT_TLS_MAY;
+	else if (strcmp(s, "none") == 0)
+		*r = SMTP_CLIENT_TLS_NONE;
+	else if (strcmp(s, "encrypt") == 0)
+		*r = SMTP_CLIENT_TLS_ENCRYPT;
+	else if (strcmp(s, "verify") == 0)
+		*r = SMTP_CLIENT_TLS_VERIFY;
+	else
+		return -1;
+	return 0;
+}
+
+const char *smtp_client_tls_name(enum smtp_client_tls t)
+{
+	switch (t) {
+	case SMTP_CLIENT_TLS_NONE: return "none";
+	case SMTP_CLIENT_TLS_MAY: return "may";
+	case SMTP_CLIENT_TLS_ENCRYPT: return "encrypt";
+	case SMTP_CLIENT_TLS_VERIFY: return "verify";
+	}
+	return "?";
 }

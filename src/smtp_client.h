@@ -77,7 +77,21 @@
  *    leading "." is doubled, and a missing final CRLF is added before
  *    ".".  Lines longer than 998 octets are sent as they are (the peer
  *    decides).
- *  - No TLS yet (STARTTLS is a later step); AUTH is not offered.
+ *  - TLS (RFC 3207), per job (`tls`): none never sends STARTTLS; may sends
+ *    it when offered and goes on in plaintext when it is not offered or is
+ *    refused (any certificate is accepted); encrypt requires TLS (any
+ *    certificate) and verify requires TLS with the chain checked against
+ *    `tls_ca_file` (NULL: the system trust store) and the name against
+ *    `tls_name` (NULL: the destination's host).  A required-TLS failure
+ *    (no STARTTLS, refused, handshake failed, certificate not verified)
+ *    fails that destination -- the next one is tried, never plaintext --
+ *    and every recipient is TEMP when none is left.  With may, a failed
+ *    handshake fails that destination too.  Data pipelined by the peer
+ *    after its 220 to STARTTLS is a protocol error (command injection,
+ *    CVE-2011-0411 class).  After TLS, EHLO is sent again and only its
+ *    capabilities count.  A pooled connection serves a job that requires
+ *    TLS only when it runs TLS (verified, for verify).  LMTP and Unix
+ *    sockets never use TLS.  AUTH is not offered.
  */
 #ifndef CARRIER_SMTP_CLIENT_H
 #define CARRIER_SMTP_CLIENT_H
@@ -136,6 +150,22 @@ struct smtp_client_dest {
 	char unix_path[SMTP_CLIENT_UNIX_MAX];
 };
 
+/* Outbound TLS policy.  The zero value is none, so jobs that do not ask
+ * keep the plaintext behaviour; a route's "" means may (see
+ * smtp_client_tls_parse). */
+enum smtp_client_tls {
+	SMTP_CLIENT_TLS_NONE = 0,
+	SMTP_CLIENT_TLS_MAY,
+	SMTP_CLIENT_TLS_ENCRYPT,
+	SMTP_CLIENT_TLS_VERIFY,
+};
+
+/* "none", "may" (or ""), "encrypt", "verify" -> 0, else -1. */
+int smtp_client_tls_parse(const char *s, enum smtp_client_tls *r);
+const char *smtp_client_tls_name(enum smtp_client_tls t);
+
+#define SMTP_CLIENT_TLS_TEXT_MAX 96     /* "TLSv1.3 TLS_AES_256_GCM_SHA384" */
+
 struct smtp_client_rcpt {
 	const char *addr;       /* mailbox without <>; never NULL */
 	unsigned notify;        /* SPOOL_NOTIFY_*; 0 = not given */
@@ -174,6 +204,10 @@ struct smtp_client_job {
 	struct spool *spool;
 	smtp_client_read_fn *read;
 	void *read_arg;
+	/* TLS policy (see the contract above) */
+	enum smtp_client_tls tls;
+	const char *tls_ca_file;          /* verify: NULL = system trust store */
+	const char *tls_name;             /* verify: NULL = the destination's host */
 };
 
 enum smtp_client_class {
@@ -209,6 +243,9 @@ struct smtp_client_result {
 	char host[SMTP_CLIENT_HOST_MAX]; /* the destination that took it */
 	char addr[SMTP_CLIENT_ADDR_MAX];
 	bool reused;                     /* on a pooled connection */
+	/* "TLSv1.3 TLS_AES_256_GCM_SHA384" when the transaction ran under
+	 * TLS, else "" */
+	char tls[SMTP_CLIENT_TLS_TEXT_MAX];
 	/* Destinations that failed before this one (or all of them when
 	 * !connected), in the order tried. */
 	const struct smtp_client_attempt *attempts;

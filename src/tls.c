@@ -292,3 +292,146 @@ void tls_describe(SSL *ssl, char *version, size_t vlen, char *cipher, size_t cle
 	snprintf(version, vlen, "%s", ssl ? SSL_get_version(ssl) : "none");
 	snprintf(cipher, clen, "%s", c ? c : "none");
 }
+
+/* ---- client side -------------------------------------------------------------- */
+
+#define TLS_CLIENT_CA_MAX 16
+
+struct tls_client_ca {
+	char *path;
+	SSL_CTX *ctx;
+};
+
+struct tls_client {
+	SSL_CTX *ctx;                       /* system trust store */
+	struct tls_client_ca ca[TLS_CLIENT_CA_MAX];
+	size_t n_ca;
+};
+
+static SSL_CTX *client_ctx(const char *ca_file, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+	char reason[512];
+
+	ERR_clear_error();
+	if (ctx == NULL) {
+		ssl_reason(reason, sizeof reason);
+		snprintf(err, errlen, "cannot create a TLS context (%s)", reason);
+		return NULL;
+	}
+	SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+	SSL_CTX_set_options(ctx, SSL_OP_NO_COMPRESSION | SSL_OP_NO_RENEGOTIATION);
+	SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+	SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, NULL);
+	if ((ca_file != NULL ? SSL_CTX_load_verify_locations(ctx, ca_file, NULL) :
+	     SSL_CTX_set_default_verify_paths(ctx)) != 1) {
+		ssl_reason(reason, sizeof reason);
+		snprintf(err, errlen, "%s: cannot load the CA certificates (%s)",
+			 ca_file ? ca_file : "system trust store", reason);
+		SSL_CTX_free(ctx);
+		return NULL;
+	}
+	return ctx;
+}
+
+struct tls_client *tls_client_new(char *err, size_t errlen)
+{
+	struct tls_client *tc = calloc(1, sizeof *tc);
+
+	if (tc == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	tc->ctx = client_ctx(NULL, err, errlen);
+	if (tc->ctx == NULL) {
+		free(tc);
+		return NULL;
+	}
+	return tc;
+}
+
+void tls_client_free(struct tls_client **tcp)
+{
+	struct tls_client *tc = *tcp;
+
+	*tcp = NULL;
+	if (tc == NULL)
+		return;
+	for (size_t i = 0; i < tc->n_ca; i++) {
+		free(tc->ca[i].path);
+		SSL_CTX_free(tc->ca[i].ctx);
+	}
+	SSL_CTX_free(tc->ctx);
+	free(tc);
+}
+
+static SSL_CTX *ctx_for(struct tls_client *tc, const char *ca_file, char *err, size_t errlen)
+{
+	struct tls_client_ca *e;
+
+	if (ca_file == NULL || ca_file[0] == '\0')
+		return tc->ctx;
+	for (size_t i = 0; i < tc->n_ca; i++)
+		if (strcmp(tc->ca[i].path, ca_file) == 0)
+			return tc->ca[i].ctx;
+	if (tc->n_ca == TLS_CLIENT_CA_MAX) {
+		snprintf(err, errlen, "%s: too many distinct CA files (at most %d)", ca_file,
+			 TLS_CLIENT_CA_MAX);
+		return NULL;
+	}
+	e = &tc->ca[tc->n_ca];
+	if ((e->path = strdup(ca_file)) == NULL || (e->ctx = client_ctx(ca_file, err, errlen)) == NULL) {
+		if (e->path == NULL)
+			snprintf(err, errlen, "out of memory");
+		free(e->path);
+		e->path = NULL;
+		return NULL;
+	}
+	tc->n_ca++;
+	return e->ctx;
+}
+
+static bool is_ip_literal(const char *s)
+{
+	return strspn(s, "0123456789.") == strlen(s) || strchr(s, ':') != NULL;
+}
+
+SSL *tls_client_ssl(struct tls_client *tc, const char *ca_file, const char *sni,
+		    const char *verify_name, char *err, size_t errlen)
+{
+	SSL_CTX *ctx = ctx_for(tc, verify_name ? ca_file : NULL, err, errlen);
+	SSL *ssl;
+
+	if (ctx == NULL)
+		return NULL;
+	ssl = SSL_new(ctx);
+	if (ssl == NULL) {
+		snprintf(err, errlen, "out of memory");
+		return NULL;
+	}
+	if (sni != NULL && sni[0] && !is_ip_literal(sni))
+		SSL_set_tlsext_host_name(ssl, sni);
+	if (verify_name != NULL && (verify_name[0] == '\0' || SSL_set1_host(ssl, verify_name) != 1)) {
+		snprintf(err, errlen, "no name to verify the certificate against");
+		SSL_free(ssl);
+		return NULL;
+	}
+	return ssl;
+}
+
+bool tls_client_check(SSL *ssl, char *reason, size_t size)
+{
+	long v = SSL_get_verify_result(ssl);
+	X509 *peer = SSL_get0_peer_certificate(ssl);
+
+	if (peer == NULL) {
+		snprintf(reason, size, "certificate verify failed: no certificate from the peer");
+		return false;
+	}
+	if (v != X509_V_OK) {
+		snprintf(reason, size, "certificate verify failed: %s",
+			 X509_verify_cert_error_string(v));
+		return false;
+	}
+	return true;
+}

@@ -18,6 +18,7 @@
 #ifndef CARRIER_TLS_H
 #define CARRIER_TLS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "conf.h"
@@ -50,5 +51,28 @@ SSL *tls_ssl_new(struct tls *t);
 
 /* Writes "TLSv1.3 TLS_AES_256_GCM_SHA384" for a finished handshake. */
 void tls_describe(SSL *ssl, char *version, size_t vlen, char *cipher, size_t clen);
+
+/* ---- client side (outbound STARTTLS) ---------------------------------------- */
+
+struct tls_client;
+
+/* Client contexts: TLS 1.2+, the system trust store, and one context per
+ * CA file asked for (at most 16).  NULL with a reason on failure. */
+struct tls_client *tls_client_new(char *err, size_t errlen);
+void tls_client_free(struct tls_client **tcp);
+
+/*
+ * A client SSL for one connection: SNI `sni` (NULL or an IP literal: none),
+ * and, when `verify_name` is not NULL, the chain checked against `ca_file`
+ * (NULL: the system store) and the name against `verify_name`.  The
+ * handshake does not stop on a bad certificate: tls_client_check() tells
+ * after it.  NULL with a reason on failure.
+ */
+SSL *tls_client_ssl(struct tls_client *tc, const char *ca_file, const char *sni,
+		    const char *verify_name, char *err, size_t errlen);
+
+/* After the handshake: true when the chain and name verified, else false
+ * with OpenSSL's reason ("certificate verify failed: Hostname mismatch"). */
+bool tls_client_check(SSL *ssl, char *reason, size_t size);
 
 #endif
