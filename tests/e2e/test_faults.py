@@ -21,9 +21,9 @@ import time
 import pytest
 
 from conftest import Daemon, make_tempdir
-from faultlib import SHIM, give_to_carrier, read_log, shim_env, spool_qids
+from faultlib import SHIM_USABLE, give_to_carrier, read_log, shim_env, spool_qids
 
-pytestmark = pytest.mark.skipif(not SHIM.exists(), reason="build/fault/libfault.so not built")
+pytestmark = pytest.mark.skipif(not SHIM_USABLE, reason="build/fault/libfault.so not built, or a sanitizer build")
 
 CONF = ("[log]\nlevel.delivery = medium\nlevel.smtp_in = medium\n"
         "[spool]\ninline_max = 4k\n"
