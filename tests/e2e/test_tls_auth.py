@@ -188,6 +188,24 @@ def test_tls12_and_old_versions(tlsd):
     tlsd.d.wait_event("TLS_HANDSHAKE_FAILED")
 
 
+@pytest.mark.skipif(shutil.which("posttls-finger") is None, reason="postfix not installed")
+def test_posttls_finger(tlsd, workdir):
+    # A private, empty Postfix configuration: the system's is never used.
+    (workdir / "main.cf").write_text("")
+    env = dict(os.environ, MAIL_CONFIG=str(workdir))
+    for port in (tlsd.port, tlsd.sub):
+        p = subprocess.run(["posttls-finger", "-c", "-l", "secure", "-F", str(tlsd.ca),
+                            f"[127.0.0.1]:{port}", "mx.test.example"],
+                           capture_output=True, text=True, timeout=30, env=env)
+        out = p.stdout + p.stderr
+        assert "Verified TLS connection established" in out, out
+        assert "TLSv1.3" in out, out
+    p = subprocess.run(["posttls-finger", "-c", "-l", "secure", "-F", str(tlsd.ca),
+                        f"[127.0.0.1]:{tlsd.port}", "wrong.example"],
+                       capture_output=True, text=True, timeout=30, env=env)
+    assert "hostname mismatch" in p.stdout + p.stderr
+
+
 def test_plain_ehlo_offers_starttls_not_auth(tlsd):
     with smtplib.SMTP("127.0.0.1", tlsd.port, timeout=10) as s:
         s.ehlo("client.example")
