@@ -362,7 +362,7 @@ static bool auth_refused(struct smtp_session *s)
 	} else if (!auth_offered(s)) {
 		smtp_session_refuse(s, "AUTH", 538, "5.7.11",
 				    "Encryption required for requested authentication mechanism");
-	} else if (s->greeted != 2) {
+	} else if (s->greeted != GREETED_EHLO) {
 		smtp_session_refuse(s, "AUTH", 503, "5.5.1", "Error: send EHLO first");
 	} else if (smtp_sec_login(s) != NULL) {
 		smtp_session_refuse(s, "AUTH", 503, "5.5.1", "Error: already authenticated");

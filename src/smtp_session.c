@@ -48,7 +48,6 @@
 #define RCPT_FOR_MAX 900u             /* longest address put in "for <>" */
 #define ADDR_MAX (SMTP_PARSE_PATH_CAP + 1 + SMTP_PARSE_DOMAIN_MAX + 1)
 
-enum { GREETED_NONE = 0, GREETED_HELO = 1, GREETED_EHLO = 2 };
 
 /* BDAT header scanner states besides "n chars of received: matched". */
 enum { HS_BODY = -1, HS_SKIP = 100, HS_BOL_CR = 101 };

@@ -62,6 +62,9 @@ struct smtp_server {
 	struct auth_limiter *auth_fails;   /* failed AUTH per client address */
 };
 
+/* The client's greeting (struct smtp_session.greeted). */
+enum { GREETED_NONE = 0, GREETED_HELO = 1, GREETED_EHLO = 2 };
+
 /* What the session is doing with its input. */
 enum smtp_mode {
 	SMTP_MODE_COMMAND = 0,  /* reading command lines */
