@@ -38,7 +38,17 @@
  *
  * Crash recovery: nothing to replay.  At open, body files no envelope
  * references (a crash between writing the body and its commit: never
- * acknowledged) are removed, and damaged envelopes are quarantined.
+ * acknowledged) are removed, damaged envelopes are quarantined, and
+ * messages whose recipients are all DELIVERED or FAILED but which were
+ * not removed (a crash between the results' commit and the removal's) are
+ * removed in one transaction (SPOOL_FINAL_SWEPT; their notifications were
+ * committed before their results, see delivery.h).
+ *
+ * Disk errors: after a failed write LMDB refuses every transaction
+ * (MDB_PANIC).  The spool thread then closes and reopens the environment in
+ * place (SPOOL_REOPENED; the last durable commit is intact), retrying with
+ * a backoff while that fails (SPOOL_REOPEN_FAILED); meanwhile commits get a
+ * temporary failure and reads return -1.
  *
  * Privileges: spool_open() may run as root.  The LMDB environment stays
  * usable after setuid(), but body files are created in body/ later, so call
