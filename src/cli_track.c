@@ -446,7 +446,8 @@ static int list_files(struct reader *r, const char *dir)
 		r->n_files++;
 	}
 	closedir(d);
-	qsort(r->files, r->n_files, sizeof *r->files, file_cmp);
+	if (r->n_files > 1)   /* qsort(NULL, 0, ...) is undefined */
+		qsort(r->files, r->n_files, sizeof *r->files, file_cmp);
 	return 0;
 oom:
 	closedir(d);
@@ -589,12 +590,14 @@ static int kept_by_story(const void *a, const void *b)
 /* Orders the kept records message by message, messages by first record. */
 static void order_stories(struct reader *r)
 {
-	qsort(r->kept, r->n_kept, sizeof *r->kept, kept_by_qid);
+	if (r->n_kept > 1)    /* qsort(NULL, 0, ...) is undefined */
+		qsort(r->kept, r->n_kept, sizeof *r->kept, kept_by_qid);
 	for (size_t i = 0, j; i < r->n_kept; i = j) {
 		for (j = i; j < r->n_kept && strcmp(r->kept[j].qid, r->kept[i].qid) == 0; j++)
 			r->kept[j].story_ts = r->kept[i].ts;
 	}
-	qsort(r->kept, r->n_kept, sizeof *r->kept, kept_by_story);
+	if (r->n_kept > 1)
+		qsort(r->kept, r->n_kept, sizeof *r->kept, kept_by_story);
 }
 
 /* Prints s with control characters (C0, DEL, C1) shown as '?'. */
