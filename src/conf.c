@@ -119,7 +119,8 @@ static const struct conf_key conf_keys[] = {
 	{ "tls", "ciphersuites", CT_STRING, OFF(tls_ciphersuites), "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256", 0, 0, "an OpenSSL TLS 1.3 ciphersuite list" },
 	{ "tls", "sni", CT_STRING, OFF(tls_sni), "", 0, 0, "a comma-separated list of NAME:/CERT:/KEY (NAME may be *.domain), or empty" },
 
-	{ "auth", "passwd_file", CT_PATH, OFF(auth_passwd_file), "", 0, 0, "a file of USER:HASH lines (carrier passwd), or empty for no AUTH" },
+	{ "auth", "passwd_file", CT_PATH, OFF(auth_passwd_file), "", 0, 0, "a file of USER:HASH lines (carrier passwd), or empty" },
+	{ "auth", "dovecot_socket", CT_PATH, OFF(auth_dovecot_socket), "", 0, 0, "the path of Dovecot's auth-client socket (checked instead of passwd_file), or empty" },
 	{ "auth", "require_tls", CT_BOOL, OFF(auth_require_tls), "yes", 0, 0, "yes or no (no offers AUTH in plaintext too)" },
 	{ "auth", "sender_login_match", CT_BOOL, OFF(auth_sender_login_match), "yes", 0, 0, "yes or no (yes: MAIL FROM must be LOGIN@a-local-domain, or the login itself when it has an @)" },
 	{ "auth", "received_header", CT_BOOL, OFF(auth_received), "no", 0, 0, "yes or no (yes names the login in the Received header)" },
@@ -1022,8 +1023,8 @@ static void conf_validate_tls(struct conf_parse *p)
 			continue;
 		if (!c->tls_cert[0])
 			conf_err(p, ll, "server.listen", "'%s' needs TLS but no certificate is configured (expected [tls] cert and key)", l->text);
-		if (!c->auth_passwd_file[0])
-			conf_err(p, ll, "server.listen", "'%s' needs AUTH but no password file is configured (expected [auth] passwd_file)", l->text);
+		if (!c->auth_passwd_file[0] && !c->auth_dovecot_socket[0])
+			conf_err(p, ll, "server.listen", "'%s' needs AUTH but no password file is configured (expected [auth] passwd_file or dovecot_socket)", l->text);
 	}
 }
 

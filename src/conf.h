@@ -144,7 +144,8 @@ struct carrier_conf {
 	char *tls_sni;                  /* "NAME:CERT:KEY, ..." */
 
 	/* [auth] SMTP AUTH for submission */
-	char *auth_passwd_file;         /* "" = AUTH not offered */
+	char *auth_passwd_file;         /* "" = none */
+	char *auth_dovecot_socket;      /* Dovecot auth-client socket; "" = none */
 	bool auth_require_tls;          /* AUTH only under TLS */
 	bool auth_sender_login_match;   /* MAIL FROM bound to the login */
 	bool auth_received;             /* login in the Received header */

@@ -65,6 +65,34 @@ enum sasl_result sasl_base64_decode(const char *in, size_t len, unsigned char *o
 	return SASL_OK;
 }
 
+size_t sasl_base64_encode(const unsigned char *in, size_t n, char *out, size_t size)
+{
+	static const char b64[] =
+		"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	size_t o = 0;
+
+	if (size == 0 || (n + 2) / 3 * 4 >= size) {
+		if (size)
+			out[0] = '\0';
+		return 0;
+	}
+	for (size_t i = 0; i < n; i += 3) {
+		unsigned long w = (unsigned long)in[i] << 16;
+		size_t left = n - i;
+
+		if (left > 1)
+			w |= (unsigned long)in[i + 1] << 8;
+		if (left > 2)
+			w |= in[i + 2];
+		out[o++] = b64[(w >> 18) & 63];
+		out[o++] = b64[(w >> 12) & 63];
+		out[o++] = left > 1 ? b64[(w >> 6) & 63] : '=';
+		out[o++] = left > 2 ? b64[w & 63] : '=';
+	}
+	out[o] = '\0';
+	return o;
+}
+
 enum sasl_mech sasl_mech_parse(const char *name, size_t len)
 {
 	if (len == 5 && strncasecmp(name, "PLAIN", 5) == 0)

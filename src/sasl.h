@@ -41,6 +41,10 @@ struct sasl_creds {
 enum sasl_result sasl_base64_decode(const char *in, size_t len, unsigned char *out,
 				    size_t size, size_t *n_r);
 
+/* Encodes `n` bytes as base64 (with padding) into `out` of `size` bytes,
+ * NUL-terminated; returns the length, or 0 when it does not fit. */
+size_t sasl_base64_encode(const unsigned char *in, size_t n, char *out, size_t size);
+
 /* The mechanism named by `name` (case-insensitive), or SASL_MECH_NONE. */
 enum sasl_mech sasl_mech_parse(const char *name, size_t len);
 

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "auth.h"
+#include "dovecot_auth.h"
 #include "passwd.h"
 #include "sasl.h"
 #include "tls.h"
@@ -41,6 +42,8 @@
 struct smtp_sec {
 	struct tls *tls;              /* held while the session's SSL exists */
 	struct event *delay;          /* a failed AUTH's delayed reply */
+	struct dovecot_auth *dovecot; /* a check in progress */
+	const char *pending_mech;     /* its mechanism (static) */
 	struct sasl_creds creds;      /* the exchange in progress */
 	uint8_t mech;                 /* enum sasl_mech in progress */
 	uint8_t step;                 /* LOGIN: 0 user name, 1 password */
@@ -67,6 +70,7 @@ void smtp_sec_free(struct smtp_session *s)
 		return;
 	if (sec->delay != NULL)
 		event_free(sec->delay);
+	dovecot_auth_cancel(&sec->dovecot);
 	tls_unref(&sec->tls);
 	explicit_bzero(sec, sizeof *sec);
 	free(sec);
@@ -89,9 +93,15 @@ static bool starttls_offered(const struct smtp_session *s)
 	       !smtp_sec_tls_active(s);
 }
 
+/* A password file or a Dovecot auth socket to check passwords with. */
+static bool auth_backend(const struct smtp_session *s)
+{
+	return s->srv->passwd != NULL || s->srv->conf->auth_dovecot_socket[0] != '\0';
+}
+
 static bool auth_offered(const struct smtp_session *s)
 {
-	return s->srv->passwd != NULL &&
+	return auth_backend(s) &&
 	       (smtp_sec_tls_active(s) || !s->srv->conf->auth_require_tls);
 }
 
@@ -304,6 +314,67 @@ static void auth_failed(struct smtp_session *s, const char *mech, const char *us
 	s->mode = SMTP_MODE_AUTH_DELAY;
 }
 
+static void auth_succeeded(struct smtp_session *s, const char *mech, const char *user)
+{
+	struct smtp_sec *sec = s->sec;
+
+	sec->authed = true;
+	snprintf(sec->login, sizeof sec->login, "%s", user);
+	auth_limiter_clear(s->srv->auth_fails, &s->peer.sa);
+	evlog_emit(s->srv->log, EV_AUTH_SUCCEEDED, EVF_S("client", s->addr), EVF_S("user", user),
+		   EVF_S("mech", mech));
+	smtp_session_reply(s, 235, "2.7.0", "Authentication successful");
+}
+
+static void dovecot_done(void *arg, enum dovecot_auth_result r, const char *user,
+			 const char *reason)
+{
+	struct smtp_session *s = arg;
+	struct smtp_sec *sec = s->sec;
+	const char *mech = sec->pending_mech;
+
+	sec->dovecot = NULL;
+	s->mode = SMTP_MODE_COMMAND;
+	if (r == DOVECOT_AUTH_OK) {
+		auth_succeeded(s, mech, user[0] ? user : sec->login);
+	} else if (r == DOVECOT_AUTH_FAIL) {
+		auth_failed(s, mech, sec->login);
+	} else {
+		evlog_emit(s->srv->log, EV_AUTH_BACKEND_FAILED, EVF_S("client", s->addr),
+			   EVF_S("user", sec->login),
+			   EVF_S("socket", s->srv->conf->auth_dovecot_socket), EVF_S("reason", reason));
+		smtp_session_reply(s, 454, "4.7.0", "Temporary authentication failure");
+	}
+	if (!sec->authed)
+		sec->login[0] = '\0';
+	if (s->bev != NULL)
+		smtp_session_resume(s);
+}
+
+/* Asks Dovecot; the session waits (reading paused) for the answer. */
+static void auth_ask_dovecot(struct smtp_session *s, const char *mech)
+{
+	struct smtp_sec *sec = s->sec;
+	char err[256];
+
+	snprintf(sec->login, sizeof sec->login, "%s", sec->creds.user);
+	sec->pending_mech = mech;
+	sec->dovecot = dovecot_auth_start(s->srv->base, s->srv->conf->auth_dovecot_socket,
+					  sec->creds.user, sec->creds.pass, s->addr,
+					  smtp_sec_tls_active(s), s->srv->conf->command_timeout,
+					  dovecot_done, s, err, sizeof err);
+	auth_reset(s);
+	if (sec->dovecot == NULL) {
+		evlog_emit(s->srv->log, EV_AUTH_BACKEND_FAILED, EVF_S("client", s->addr),
+			   EVF_S("user", sec->login),
+			   EVF_S("socket", s->srv->conf->auth_dovecot_socket), EVF_S("reason", err));
+		sec->login[0] = '\0';
+		smtp_session_reply(s, 454, "4.7.0", "Temporary authentication failure");
+		return;
+	}
+	s->mode = SMTP_MODE_AUTH_DELAY;
+}
+
 static void auth_verify(struct smtp_session *s)
 {
 	struct smtp_sec *sec = s->sec;
@@ -313,20 +384,23 @@ static void auth_verify(struct smtp_session *s)
 	bool ok;
 
 	/* No proxy authorization: an authzid, if any, is the user itself. */
-	ok = (c->authzid[0] == '\0' || strcmp(c->authzid, c->user) == 0) &&
-	     passwd_db_verify(s->srv->passwd, c->user, c->pass);
-	memcpy(user, c->user, sizeof user);
-	auth_reset(s);
-	if (!ok) {
+	if (c->authzid[0] != '\0' && strcmp(c->authzid, c->user) != 0) {
+		memcpy(user, c->user, sizeof user);
+		auth_reset(s);
 		auth_failed(s, mech, user);
 		return;
 	}
-	sec->authed = true;
-	memcpy(sec->login, user, sizeof sec->login);
-	auth_limiter_clear(s->srv->auth_fails, &s->peer.sa);
-	evlog_emit(s->srv->log, EV_AUTH_SUCCEEDED, EVF_S("client", s->addr), EVF_S("user", user),
-		   EVF_S("mech", mech));
-	smtp_session_reply(s, 235, "2.7.0", "Authentication successful");
+	if (s->srv->conf->auth_dovecot_socket[0] != '\0') {
+		auth_ask_dovecot(s, mech);
+		return;
+	}
+	ok = passwd_db_verify(s->srv->passwd, c->user, c->pass);
+	memcpy(user, c->user, sizeof user);
+	auth_reset(s);
+	if (ok)
+		auth_succeeded(s, mech, user);
+	else
+		auth_failed(s, mech, user);
 }
 
 /* One client response (initial or after a 334). */
@@ -357,7 +431,7 @@ static bool auth_refused(struct smtp_session *s)
 {
 	const struct carrier_conf *conf = s->srv->conf;
 
-	if (s->srv->passwd == NULL) {
+	if (!auth_backend(s)) {
 		smtp_session_refuse(s, "AUTH", 502, "5.5.1", "Error: command not implemented");
 	} else if (!auth_offered(s)) {
 		smtp_session_refuse(s, "AUTH", 538, "5.7.11",

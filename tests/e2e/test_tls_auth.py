@@ -461,6 +461,79 @@ def test_received_header_and_tracking(make_daemon, pki):
     assert recs[0]["auth"] == "alice", recs[0]
 
 
+@pytest.fixture
+def dovecot_auth():
+    """A private Dovecot auth server: users in a passwd-file, the
+    auth-client socket in a temp dir."""
+    if not os.path.exists("/usr/sbin/dovecot"):
+        pytest.skip("dovecot-core is not installed (scripts/deps test)")
+    if os.geteuid() != 0:
+        pytest.skip("the private Dovecot needs root")
+    d = make_tempdir("carrier-dovecot-auth-")
+    (d / "users").write_text("dave:{PLAIN}daves password\n")
+    conf = d / "dovecot.conf"
+    conf.write_text(f"""protocols = none
+base_dir = {d}/run
+state_dir = {d}/state
+log_path = {d}/dovecot.log
+ssl = no
+listen = 127.0.0.1
+first_valid_uid = 1
+auth_mechanisms = plain login
+passdb {{
+  driver = passwd-file
+  args = {d}/users
+}}
+userdb {{
+  driver = static
+  args = uid=65534 gid=65534 home=/tmp
+}}
+service auth {{
+  unix_listener auth-client {{
+    mode = 0666
+  }}
+}}
+""")
+    proc = subprocess.Popen(["/usr/sbin/dovecot", "-F", "-c", str(conf)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    sock = d / "run" / "auth-client"
+    deadline = time.time() + 10
+    while not sock.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    assert sock.exists(), (d / "dovecot.log").read_text() if (d / "dovecot.log").exists() else ""
+    yield {"dir": d, "socket": sock, "proc": proc}
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    shutil.rmtree(d, ignore_errors=True)
+
+
+def test_auth_delegated_to_dovecot(make_daemon, pki, dovecot_auth):
+    t = start_tls_daemon(make_daemon, pki,
+                         auth_extra=f"dovecot_socket = {dovecot_auth['socket']}\n")
+    with t.submission() as s:
+        assert s.login("dave", "daves password")[0] == 235
+        assert s.docmd("MAIL", "FROM:<dave@test.example>")[0] == 250
+    with t.submission() as s:
+        assert s.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0dave\0wrong").decode())[0] == 535
+        # The password file is not used when Dovecot is asked.
+        assert s.docmd("AUTH", "PLAIN " + base64.b64encode(
+            b"\0alice\0" + PASSWORD.encode()).decode())[0] == 535
+    assert t.d.wait_event("AUTH_SUCCEEDED")[0]["fields"]["user"] == "dave"
+    # Dovecot gone: a temporary failure, not a wrong password.
+    dovecot_auth["proc"].terminate()
+    dovecot_auth["proc"].wait(10)
+    with t.submission() as s:
+        code, msg = s.docmd("AUTH", "PLAIN " + base64.b64encode(
+            b"\0dave\0daves password").decode())
+        assert (code, msg) == (454, b"4.7.0 Temporary authentication failure")
+    t.d.wait_event("AUTH_BACKEND_FAILED")
+
+
 # ---- startup checks and reload -------------------------------------------------------
 
 

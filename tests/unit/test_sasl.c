@@ -129,6 +129,21 @@ static void test_login(void **state)
 	assert_int_equal(sasl_login("YW", 2, 0, &cr), SASL_BAD_BASE64);
 }
 
+static void test_base64_encode(void **state)
+{
+	char out[16];
+
+	assert_int_equal(sasl_base64_encode((const unsigned char *)"", 0, out, sizeof out), 0);
+	assert_string_equal(out, "");
+	assert_int_equal(sasl_base64_encode((const unsigned char *)"a", 1, out, sizeof out), 4);
+	assert_string_equal(out, "YQ==");
+	assert_int_equal(sasl_base64_encode((const unsigned char *)"\0a\0b", 4, out, sizeof out), 8);
+	assert_string_equal(out, "AGEAYg==");
+	assert_int_equal(sasl_base64_encode((const unsigned char *)"abc", 3, out, 5), 4);
+	assert_string_equal(out, "YWJj");
+	assert_int_equal(sasl_base64_encode((const unsigned char *)"abc", 3, out, 4), 0);   /* no room for NUL */
+}
+
 static void test_mech(void **state)
 {
 	assert_int_equal(sasl_mech_parse("PLAIN", 5), SASL_MECH_PLAIN);
@@ -146,6 +161,7 @@ int main(void)
 		cmocka_unit_test(test_plain),
 		cmocka_unit_test(test_plain_bounds),
 		cmocka_unit_test(test_login),
+		cmocka_unit_test(test_base64_encode),
 		cmocka_unit_test(test_mech),
 	};
 
