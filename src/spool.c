@@ -485,6 +485,8 @@ void spool_msg_abort(struct spool_msg **mp)
 
 /* ---- the spool thread: group commit ----------------------------------- */
 
+static void env_reopen_if_due(struct spool *sp);
+
 struct done_ctx {
 	spool_done_fn *done;
 	void *arg;
@@ -617,13 +619,16 @@ static int put_body(struct spool *sp, MDB_txn *txn, struct spool_msg *m)
 }
 
 /* Writes the messages of `list` that are still ok (all of them, or only
- * `one`) in one LMDB write transaction: 0 or an LMDB/errno code. */
-static int write_txn(struct spool *sp, struct pending *list, struct pending *one)
+ * `one`) in one LMDB write transaction: 0 or an LMDB/errno code.
+ * *begun_r tells whether the txn began (else nothing was tried). */
+static int write_txn(struct spool *sp, struct pending *list, struct pending *one,
+		     bool *begun_r)
 {
 	MDB_txn *txn = NULL;
 	int rc;
 
 	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
+	*begun_r = rc == 0;
 	for (struct pending *p = list; rc == 0 && p; p = p->next) {
 		MDB_val k = { .mv_size = SPOOL_QID_LEN, .mv_data = p->qid };
 		MDB_val v = { .mv_size = p->reclen, .mv_data = p->rec };
@@ -662,20 +667,31 @@ static size_t write_batch(struct spool *sp, struct pending *list)
 {
 	char why[160];
 	size_t n_ok = 0, commits = 0;
+	bool begun, fatal;
 	int rc;
 
 	for (struct pending *p = list; p; p = p->next)
 		n_ok += p->rc == 0;
 	if (n_ok == 0)
 		return 0;
-	rc = write_txn(sp, list, NULL);
+	rc = write_txn(sp, list, NULL, &begun);
+	if (rc != 0 && !begun && spool_env_failed(sp, rc)) {
+		/* Fatal before this batch wrote anything (another thread's
+		 * commit failed): reopen and try once more. */
+		env_reopen_if_due(sp);
+		if (sp->env != NULL)
+			rc = write_txn(sp, list, NULL, &begun);
+	}
 	if (rc == 0)
 		return 1;
+	/* After a fatal error every later txn fails: the whole batch gets
+	 * its temporary failure now and the thread reopens the environment. */
+	fatal = sp->env == NULL || spool_env_failed(sp, rc);
 	for (struct pending *p = list; p; p = p->next) {
 		if (p->rc != 0)
 			continue;
-		if (n_ok > 1)
-			rc = write_txn(sp, list, p);
+		if (n_ok > 1 && !fatal)
+			rc = write_txn(sp, list, p, &begun);
 		if (rc == 0 && p->rc == 0)
 			commits++;
 		else if (rc != 0)
@@ -773,10 +789,45 @@ static void finish_batch(struct spool *sp, struct pending *list)
 
 static void commit_batch(struct spool *sp, struct pending *list)
 {
+	size_t commits = 0;
+
 	prepare_messages(sp, list);
 	check_space(sp, list);
-	count_batch(sp, list, write_batch(sp, list));
+	env_reopen_if_due(sp);
+	if (sp->env != NULL) {
+		commits = write_batch(sp, list);
+	} else {
+		for (struct pending *p = list; p; p = p->next)
+			fail(p, "spool %s is unavailable: reopening it after a disk error failed, retrying",
+			     sp->path);
+	}
+	count_batch(sp, list, commits);
 	finish_batch(sp, list);
+	/* After a failed commit made LMDB fatal: reopen now, so the next
+	 * message is accepted. */
+	env_reopen_if_due(sp);
+}
+
+static bool reopen_due_locked(struct spool *sp)
+{
+	struct timespec now;
+
+	if (!sp->reopen_wanted)
+		return false;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > sp->reopen_at.tv_sec ||
+	       (now.tv_sec == sp->reopen_at.tv_sec && now.tv_nsec >= sp->reopen_at.tv_nsec);
+}
+
+/* Waits for work, a reopen that is due, or stopping; sp->mu is held. */
+static void thread_wait(struct spool *sp)
+{
+	while (sp->head == NULL && !sp->stopping && !reopen_due_locked(sp)) {
+		if (sp->reopen_wanted)
+			pthread_cond_timedwait(&sp->cv, &sp->mu, &sp->reopen_at);
+		else
+			pthread_cond_wait(&sp->cv, &sp->mu);
+	}
 }
 
 static void *spool_thread_main(void *arg)
@@ -788,8 +839,13 @@ static void *spool_thread_main(void *arg)
 		struct pending *batch, **pp;
 		unsigned n = 0;
 
-		while (sp->head == NULL && !sp->stopping)
-			pthread_cond_wait(&sp->cv, &sp->mu);
+		thread_wait(sp);
+		if (sp->head == NULL && !sp->stopping) {   /* a reopen is due */
+			pthread_mutex_unlock(&sp->mu);
+			env_reopen_if_due(sp);
+			pthread_mutex_lock(&sp->mu);
+			continue;
+		}
 		if (sp->head == NULL)
 			break;
 		if (sp->opts.commit_delay_us > 0 && !sp->stopping) {
@@ -1050,6 +1106,9 @@ static int open_env(struct spool *sp, char *err, size_t errlen)
 		rc = mdb_env_open(sp->env, sp->path, MDB_NOTLS, 0600);
 	if (rc != 0) {
 		seterr(err, errlen, "mdb_env_open %s: %s", sp->path, mdb_strerror(rc));
+		if (sp->env != NULL)
+			mdb_env_close(sp->env);
+		sp->env = NULL;
 		return -1;
 	}
 	mdb_reader_check(sp->env, NULL);   /* free slots of crashed readers */
@@ -1075,7 +1134,7 @@ static int put_meta(struct spool *sp, MDB_txn *txn)
 /* Checks the format version, creates or upgrades, opens the databases.
  * Returns 0, -1 + err, or -2 + err when the version is refused (its own
  * event is emitted already). */
-static int setup_dbs(struct spool *sp, char *err, size_t errlen)
+static int setup_dbs(struct spool *sp, bool reopen, char *err, size_t errlen)
 {
 	MDB_txn *txn;
 	unsigned found;
@@ -1089,6 +1148,10 @@ static int setup_dbs(struct spool *sp, char *err, size_t errlen)
 	present = read_version(txn, sp->path, &found, err, errlen);
 	if (present < 0)
 		goto fail;
+	if (reopen && !present) {
+		seterr(err, errlen, "spool %s lost its format record (data.mdb replaced?)", sp->path);
+		goto fail;
+	}
 	if (present && version_verdict(sp->path, found, err, errlen) < 0) {
 		evlog_emit(sp->log, EV_SPOOL_VERSION_REFUSED, EVF_S("path", sp->path),
 			   EVF_I("found", found), EVF_I("oldest", SPOOL_FORMAT_OLDEST),
@@ -1156,11 +1219,82 @@ static int body_present(struct spool *sp, MDB_txn *txn,
 	return -1;
 }
 
-/* Walks every envelope at open: quarantines damaged ones, seeds the qid
- * generator past every stored qid; returns the number of good messages. */
-static long scan_envelopes(struct spool *sp, char *err, size_t errlen)
+/* Messages whose recipients are all final, met by the scan at open. */
+struct final_list {
+	struct final_msg {
+		char qid[SPOOL_QID_SIZE];
+		bool file;
+	} *v;
+	size_t n, cap;
+};
+
+static void final_add(struct final_list *f, const struct spool_envelope *env)
+{
+	if (f->n == f->cap) {
+		size_t ncap = f->cap ? f->cap * 2 : 16;
+		struct final_msg *nv = realloc(f->v, ncap * sizeof *nv);
+
+		if (nv == NULL)
+			return;   /* swept at the next open */
+		f->v = nv;
+		f->cap = ncap;
+	}
+	memcpy(f->v[f->n].qid, env->qid, SPOOL_QID_SIZE);
+	f->v[f->n].file = env->body_in_file;
+	f->n++;
+}
+
+/*
+ * Removes the listed messages (all recipients DELIVERED or FAILED, but not
+ * removed: a crash between the results' commit and the removal's) in one
+ * write txn, then their body files.  No notification is lost: the delivery
+ * runner commits a report before the results that made it due (delivery.h).
+ * Returns how many were removed; frees the list.
+ */
+static long sweep_final(struct spool *sp, struct final_list *f)
+{
+	MDB_txn *txn;
+	int rc = 0;
+	long n = 0;
+
+	if (f->n > 0 && (rc = mdb_txn_begin(sp->env, NULL, 0, &txn)) == 0) {
+		for (size_t i = 0; rc == 0 && i < f->n; i++) {
+			MDB_val k = { .mv_size = SPOOL_QID_LEN, .mv_data = f->v[i].qid };
+
+			rc = mdb_del(txn, sp->db_env, &k, NULL);
+			if (rc == 0 && !f->v[i].file) {
+				rc = mdb_del(txn, sp->db_body, &k, NULL);
+				rc = rc == MDB_NOTFOUND ? 0 : rc;
+			}
+		}
+		rc = rc == 0 ? mdb_txn_commit(txn) : (mdb_txn_abort(txn), rc);
+	}
+	if (rc != 0) {
+		char why[160];
+
+		evlog_emit(sp->log, EV_SPOOL_COMMIT_FAILED, EVF_S("path", sp->path),
+			   EVF_I("messages", 0), EVF_I("changes", f->n),
+			   EVF_S("reason", mdb_reason(sp, rc, why, sizeof why)));
+	} else if (f->n > 0) {
+		for (size_t i = 0; i < f->n; i++)
+			if (f->v[i].file)
+				spool_read_unlink_body(sp, f->v[i].qid);
+		n = (long)f->n;
+		evlog_emit(sp->log, EV_SPOOL_FINAL_SWEPT, EVF_S("path", sp->path),
+			   EVF_I("messages", n));
+	}
+	free(f->v);
+	memset(f, 0, sizeof *f);
+	return n;
+}
+
+/* Walks every envelope at open (and reopen): quarantines damaged ones,
+ * seeds the qid generator past every stored qid, with `sweep` removes
+ * finished ones (sweep_final); returns the number of messages left. */
+static long scan_envelopes(struct spool *sp, bool sweep, char *err, size_t errlen)
 {
 	struct spool_badlist bad = { 0 };
+	struct final_list fin = { 0 };
 	MDB_txn *txn;
 	MDB_cursor *cur;
 	MDB_val k, v;
@@ -1185,6 +1319,8 @@ static long scan_envelopes(struct spool *sp, char *err, size_t errlen)
 		} else {
 			qid_seed(sp, env->qid);
 			good++;
+			if (sweep && !spool_env_pending(env))
+				final_add(&fin, env);
 		}
 		spool_envelope_free(&env);
 	}
@@ -1202,7 +1338,7 @@ static long scan_envelopes(struct spool *sp, char *err, size_t errlen)
 	}
 	mdb_txn_abort(txn);
 	spool_read_bad_flush(sp, &bad);
-	return good;
+	return good - sweep_final(sp, &fin);
 }
 
 /* Removes body files no envelope references: *.tmp left by a crash during
@@ -1259,6 +1395,7 @@ static void spool_free(struct spool *sp)
 	pthread_mutex_destroy(&sp->mu);
 	pthread_mutex_destroy(&sp->qid_mu);
 	pthread_cond_destroy(&sp->cv);
+	pthread_rwlock_destroy(&sp->env_lock);
 	free(sp->path);
 	free(sp);
 }
@@ -1267,6 +1404,7 @@ static struct spool *spool_alloc(const char *path, const struct spool_opts *opts
 				 struct evlog *log)
 {
 	struct spool *sp = calloc(1, sizeof *sp);
+	pthread_condattr_t ca;
 
 	if (sp == NULL)
 		return NULL;
@@ -1285,13 +1423,109 @@ static struct spool *spool_alloc(const char *path, const struct spool_opts *opts
 	sp->tail = &sp->head;
 	pthread_mutex_init(&sp->mu, NULL);
 	pthread_mutex_init(&sp->qid_mu, NULL);
-	pthread_cond_init(&sp->cv, NULL);
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&sp->cv, &ca);
+	pthread_condattr_destroy(&ca);
+	pthread_rwlock_init(&sp->env_lock, NULL);   /* reader-preferring */
 	sp->path = strdup(path);
 	if (sp->path == NULL) {
 		spool_free(sp);
 		return NULL;
 	}
 	return sp;
+}
+
+/* ---- reopen after a fatal LMDB error ------------------------------------ */
+
+/* True when LMDB refuses every txn (its MDB_FATAL_ERROR flag is not
+ * exported; a read txn's begin tells).  Only on failure paths. */
+static bool env_fatal(struct spool *sp)
+{
+	MDB_txn *txn;
+	int rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
+
+	if (rc == 0)
+		mdb_txn_abort(txn);
+	return rc == MDB_PANIC;
+}
+
+bool spool_env_failed(struct spool *sp, int rc)
+{
+	if (rc == 0 || rc == MDB_NOTFOUND || rc == MDB_MAP_FULL || sp->env == NULL)
+		return false;
+	if (rc != MDB_PANIC && !env_fatal(sp))
+		return false;
+	pthread_mutex_lock(&sp->mu);
+	if (!sp->reopen_wanted) {
+		sp->reopen_wanted = true;
+		sp->reopen_delay_s = 0;
+		clock_gettime(CLOCK_MONOTONIC, &sp->reopen_at);   /* at once */
+		snprintf(sp->reopen_reason, sizeof sp->reopen_reason, "%s", mdb_strerror(rc));
+		pthread_cond_signal(&sp->cv);
+	}
+	pthread_mutex_unlock(&sp->mu);
+	return true;
+}
+
+/* Closes and reopens the environment; env_lock is held exclusively. */
+static long env_reopen(struct spool *sp, char *err, size_t errlen)
+{
+	long n;
+
+	if (sp->env != NULL)
+		mdb_env_close(sp->env);   /* before the new one: same process */
+	sp->env = NULL;
+	if (open_env(sp, err, errlen) < 0)
+		return -1;
+	if (setup_dbs(sp, true, err, errlen) < 0 ||
+	    (n = scan_envelopes(sp, false, err, errlen)) < 0) {
+		mdb_env_close(sp->env);
+		sp->env = NULL;
+		return -1;
+	}
+	return n;
+}
+
+/* Spool thread: when a reopen is wanted and due, reopens; on failure
+ * leaves env NULL and schedules the next try (1 s, doubling to 60 s). */
+static void env_reopen_if_due(struct spool *sp)
+{
+	char why[ERRLEN + 64], reason[ERRLEN];
+	unsigned delay;
+	long n;
+
+	pthread_mutex_lock(&sp->mu);
+	if (!reopen_due_locked(sp)) {
+		pthread_mutex_unlock(&sp->mu);
+		return;
+	}
+	memcpy(reason, sp->reopen_reason, sizeof reason);
+	pthread_mutex_unlock(&sp->mu);
+
+	pthread_rwlock_wrlock(&sp->env_lock);
+	n = env_reopen(sp, why, sizeof why);
+	pthread_rwlock_unlock(&sp->env_lock);
+
+	pthread_mutex_lock(&sp->mu);
+	if (n >= 0) {
+		sp->reopen_wanted = false;
+		sp->reopen_delay_s = 0;
+	} else {
+		sp->reopen_delay_s = sp->reopen_delay_s ? sp->reopen_delay_s * 2 : 1;
+		if (sp->reopen_delay_s > 60)
+			sp->reopen_delay_s = 60;
+		clock_gettime(CLOCK_MONOTONIC, &sp->reopen_at);
+		sp->reopen_at.tv_sec += sp->reopen_delay_s;
+	}
+	delay = sp->reopen_delay_s;
+	pthread_mutex_unlock(&sp->mu);
+	if (n >= 0)
+		evlog_emit(sp->log, EV_SPOOL_REOPENED, EVF_S("path", sp->path),
+			   EVF_S("reason", reason), EVF_I("messages", n));
+	else
+		evlog_emit(sp->log, EV_SPOOL_REOPEN_FAILED, EVF_S("path", sp->path),
+			   EVF_S("reason", why), EVF_I("retry_s", delay));
 }
 
 struct spool *spool_open(const char *path, const struct spool_opts *opts,
@@ -1307,8 +1541,8 @@ struct spool *spool_open(const char *path, const struct spool_opts *opts,
 		return NULL;
 	}
 	if (open_dirs(sp, why, sizeof why) < 0 || open_env(sp, why, sizeof why) < 0 ||
-	    (rc = setup_dbs(sp, why, sizeof why)) < 0 ||
-	    (n = scan_envelopes(sp, why, sizeof why)) < 0)
+	    (rc = setup_dbs(sp, false, why, sizeof why)) < 0 ||
+	    (n = scan_envelopes(sp, true, why, sizeof why)) < 0)
 		goto fail;
 	sweep_orphans(sp);
 	rc = pthread_create(&sp->thread, NULL, spool_thread_main, sp);

@@ -25,16 +25,29 @@ struct spool {
 	char *path;
 	struct spool_opts opts;
 	struct evlog *log;
+	/*
+	 * env and the DB handles are replaced by a reopen after MDB_PANIC
+	 * (spool thread, env_lock taken exclusively; env stays NULL while
+	 * reopening fails).  Every other thread holds env_lock shared while it
+	 * uses them (spool_env_enter/leave); the spool thread, their only
+	 * writer, reads them without it.  Reader-preferring, so a thread may
+	 * take it shared again (a foreach callback calling spool_load).
+	 */
+	pthread_rwlock_t env_lock;
 	MDB_env *env;
 	MDB_dbi db_meta, db_env, db_body, db_quar;
 	int dirfd, bodyfd, quarfd, lockfd;
 
-	pthread_mutex_t mu;        /* queue, stopping, stats */
-	pthread_cond_t cv;
+	pthread_mutex_t mu;        /* queue, stopping, stats, reopen_* */
+	pthread_cond_t cv;         /* CLOCK_MONOTONIC */
 	struct pending *head, **tail;
 	bool stopping, thread_started;
 	pthread_t thread;
 	struct spool_stats stats;
+	bool reopen_wanted;        /* LMDB went fatal: the spool thread reopens */
+	char reopen_reason[ERRLEN];
+	struct timespec reopen_at; /* next attempt (monotonic) */
+	unsigned reopen_delay_s;   /* backoff after a failed reopen */
 
 	pthread_mutex_t qid_mu;    /* queue-ID generator */
 	uint64_t qid_us;
@@ -96,6 +109,41 @@ static inline const char *mdb_reason(struct spool *sp, int rc, char *buf, size_t
 		snprintf(buf, len, "%s", mdb_strerror(rc));
 	return buf;
 }
+
+static inline bool spool_env_pending(const struct spool_envelope *env)
+{
+	for (size_t i = 0; i < env->n_rcpts; i++)
+		if (env->rcpts[i].state == SPOOL_RCPT_QUEUED ||
+		    env->rcpts[i].state == SPOOL_RCPT_DEFERRED)
+			return true;
+	return false;
+}
+
+/* Takes env_lock shared for a call on a thread other than the spool
+ * thread: 0, or -1 + err when the environment is closed because reopening
+ * it failed (the spool thread retries).  Pair with spool_env_leave(). */
+static inline int spool_env_enter(struct spool *sp, char *err, size_t errlen)
+{
+	pthread_rwlock_rdlock(&sp->env_lock);
+	if (sp->env != NULL)
+		return 0;
+	pthread_rwlock_unlock(&sp->env_lock);
+	seterr(err, errlen, "spool %s is unavailable: reopening it after a disk error failed, retrying",
+	       sp->path);
+	return -1;
+}
+
+static inline void spool_env_leave(struct spool *sp)
+{
+	pthread_rwlock_unlock(&sp->env_lock);
+}
+
+/* spool.c */
+/* After an LMDB call failed with rc (the caller holds env_lock shared, or
+ * is the spool thread): when the environment is fatal (MDB_PANIC, or a
+ * failed commit left it so), asks the spool thread to reopen it.  Returns
+ * true in that case. */
+bool spool_env_failed(struct spool *sp, int rc);
 
 /* Damaged keys met while walking a read transaction, quarantined after. */
 struct spool_badlist {

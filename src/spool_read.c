@@ -3,8 +3,11 @@
  * pending messages, loading envelopes and bodies, per-recipient results,
  * removal, and quarantine of damaged records.
  *
- * Runs synchronously on the calling thread (delivery, scheduler, control)
- * with its own LMDB transactions; never on the spool thread.
+ * The public calls run synchronously on the calling thread (delivery,
+ * scheduler, control) with their own LMDB transactions, holding env_lock
+ * shared so a reopen never closes the environment under them.  The
+ * spool_read_* helpers are also used by the spool thread and by
+ * open/reopen (which hold no lock, or hold it exclusively).
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -60,6 +63,10 @@ static int quarantine_txn(struct spool *sp, const MDB_val *key, const char *reas
 	size_t reclen = 0;
 	int rc;
 
+	if (sp->env == NULL) {
+		seterr(err, errlen, "the spool is being reopened");
+		return -1;
+	}
 	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
 	if (rc != 0)
 		goto out;
@@ -89,6 +96,7 @@ static int quarantine_txn(struct spool *sp, const MDB_val *key, const char *reas
 	free(rec);
 out:
 	if (rc != 0) {
+		spool_env_failed(sp, rc);
 		seterr(err, errlen, "LMDB: %s", mdb_strerror(rc));
 		return -1;
 	}
@@ -133,8 +141,13 @@ int spool_quarantine(struct spool *sp, const char *qid, const char *reason,
 		     char *err, size_t errlen)
 {
 	MDB_val k = { .mv_size = strlen(qid), .mv_data = (void *)qid };
+	int rc;
 
-	return spool_read_quarantine_key(sp, &k, reason ? reason : "", err, errlen);
+	if (spool_env_enter(sp, err, errlen) < 0)
+		return -1;
+	rc = spool_read_quarantine_key(sp, &k, reason ? reason : "", err, errlen);
+	spool_env_leave(sp);
+	return rc;
 }
 
 void spool_read_bad_add(struct spool_badlist *b, const MDB_val *k, const char *reason)
@@ -181,8 +194,8 @@ int spool_read_decode_env(const MDB_val *k, const MDB_val *v,
 	return 0;
 }
 
-int spool_foreach_quarantined(struct spool *sp, spool_quarantine_fn *cb,
-			      void *arg, char *err, size_t errlen)
+static int foreach_quarantined(struct spool *sp, spool_quarantine_fn *cb,
+			       void *arg, char *err, size_t errlen)
 {
 	MDB_txn *txn;
 	MDB_cursor *cur;
@@ -193,6 +206,7 @@ int spool_foreach_quarantined(struct spool *sp, spool_quarantine_fn *cb,
 	if (rc == 0 && (rc = mdb_cursor_open(txn, sp->db_quar, &cur)) != 0)
 		mdb_txn_abort(txn);
 	if (rc != 0) {
+		spool_env_failed(sp, rc);
 		seterr(err, errlen, "spool %s: %s", sp->path, mdb_strerror(rc));
 		return -1;
 	}
@@ -214,20 +228,23 @@ int spool_foreach_quarantined(struct spool *sp, spool_quarantine_fn *cb,
 	return stop;
 }
 
+int spool_foreach_quarantined(struct spool *sp, spool_quarantine_fn *cb,
+			      void *arg, char *err, size_t errlen)
+{
+	int rc;
+
+	if (spool_env_enter(sp, err, errlen) < 0)
+		return -1;
+	rc = foreach_quarantined(sp, cb, arg, err, errlen);
+	spool_env_leave(sp);
+	return rc;
+}
+
 
 /* ---- reading and updating --------------------------------------------- */
 
-static bool env_pending(const struct spool_envelope *env)
-{
-	for (size_t i = 0; i < env->n_rcpts; i++)
-		if (env->rcpts[i].state == SPOOL_RCPT_QUEUED ||
-		    env->rcpts[i].state == SPOOL_RCPT_DEFERRED)
-			return true;
-	return false;
-}
-
-int spool_foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
-			  char *err, size_t errlen)
+static int foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
+			   char *err, size_t errlen)
 {
 	struct spool_badlist bad = { 0 };
 	MDB_txn *txn;
@@ -239,6 +256,7 @@ int spool_foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
 	if (rc == 0 && (rc = mdb_cursor_open(txn, sp->db_env, &cur)) != 0)
 		mdb_txn_abort(txn);
 	if (rc != 0) {
+		spool_env_failed(sp, rc);
 		seterr(err, errlen, "reading spool %s: %s", sp->path, mdb_strerror(rc));
 		return -1;
 	}
@@ -249,7 +267,7 @@ int spool_foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
 
 		if (spool_read_decode_env(&k, &v, &env, why, sizeof why) < 0)
 			spool_read_bad_add(&bad, &k, why);
-		else if (!env->held && env_pending(env))
+		else if (!env->held && spool_env_pending(env))
 			stop = cb(arg, env);
 		spool_envelope_free(&env);
 	}
@@ -257,6 +275,18 @@ int spool_foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
 	mdb_txn_abort(txn);
 	spool_read_bad_flush(sp, &bad);
 	return stop;
+}
+
+int spool_foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
+			  char *err, size_t errlen)
+{
+	int rc;
+
+	if (spool_env_enter(sp, err, errlen) < 0)
+		return -1;
+	rc = foreach_pending(sp, cb, arg, err, errlen);
+	spool_env_leave(sp);
+	return rc;
 }
 
 /* Gets and decodes the envelope of `qid` in txn: 0, 1 if absent, -1 when
@@ -289,16 +319,16 @@ static int damaged(struct spool *sp, const char *qid, const char *why,
 	return -1;
 }
 
-int spool_load(struct spool *sp, const char *qid,
-	       struct spool_envelope **env_r, char *err, size_t errlen)
+static int load(struct spool *sp, const char *qid,
+		struct spool_envelope **env_r, char *err, size_t errlen)
 {
 	MDB_txn *txn;
 	char why[ERRLEN];
 	int rc, lrc;
 
-	*env_r = NULL;
 	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
 	if (rc != 0) {
+		spool_env_failed(sp, rc);
 		seterr(err, errlen, "reading spool %s: %s", sp->path, mdb_strerror(rc));
 		return -1;
 	}
@@ -310,6 +340,19 @@ int spool_load(struct spool *sp, const char *qid,
 	}
 	if (rc < 0)
 		return damaged(sp, qid, why, err, errlen);
+	return rc;
+}
+
+int spool_load(struct spool *sp, const char *qid,
+	       struct spool_envelope **env_r, char *err, size_t errlen)
+{
+	int rc;
+
+	*env_r = NULL;
+	if (spool_env_enter(sp, err, errlen) < 0)
+		return -1;
+	rc = load(sp, qid, env_r, err, errlen);
+	spool_env_leave(sp);
 	return rc;
 }
 
@@ -363,8 +406,8 @@ static int body_file(struct spool *sp, const struct spool_envelope *env,
 	return 0;
 }
 
-int spool_body_open(struct spool *sp, const char *qid,
-		    struct spool_body **b_r, char *err, size_t errlen)
+static int body_open(struct spool *sp, const char *qid,
+		     struct spool_body **b_r, char *err, size_t errlen)
 {
 	struct spool_envelope *env = NULL;
 	struct spool_body *b;
@@ -372,7 +415,6 @@ int spool_body_open(struct spool *sp, const char *qid,
 	char why[ERRLEN];
 	int rc, lrc = 0;
 
-	*b_r = NULL;
 	b = calloc(1, sizeof *b);
 	if (b == NULL) {
 		seterr(err, errlen, "out of memory");
@@ -381,6 +423,7 @@ int spool_body_open(struct spool *sp, const char *qid,
 	b->fd = -1;
 	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
 	if (rc != 0) {
+		spool_env_failed(sp, rc);
 		seterr(err, errlen, "reading spool %s: %s", sp->path, mdb_strerror(rc));
 		free(b);
 		return -1;
@@ -401,10 +444,24 @@ int spool_body_open(struct spool *sp, const char *qid,
 	if (rc > 0)
 		return 1;
 	if (lrc != 0 || rc == -2) {
+		spool_env_failed(sp, lrc);
 		seterr(err, errlen, "reading %s from spool %s: %s", qid, sp->path, why);
 		return -1;
 	}
 	return damaged(sp, qid, why, err, errlen);
+}
+
+int spool_body_open(struct spool *sp, const char *qid,
+		    struct spool_body **b_r, char *err, size_t errlen)
+{
+	int rc;
+
+	*b_r = NULL;
+	if (spool_env_enter(sp, err, errlen) < 0)
+		return -1;
+	rc = body_open(sp, qid, b_r, err, errlen);
+	spool_env_leave(sp);
+	return rc;
 }
 
 const void *spool_body_mem(const struct spool_body *b, size_t *len_r)
@@ -475,7 +532,7 @@ int spool_read_apply(struct spool *sp, MDB_txn *txn, const char *qid,
 	}
 	res->had_file = env->body_in_file;
 	if (u->op == SPOOL_OP_REMOVE) {
-		if (env_pending(env)) {
+		if (spool_env_pending(env)) {
 			seterr(res->why, sizeof res->why, "recipients pending");
 			rc = -1;
 		} else {
@@ -531,9 +588,9 @@ void spool_read_unlink_body(struct spool *sp, const char *qid)
 		   EVF_S("file", file), EVF_S("reason", strerror(errno)));
 }
 
-/* Applies u in a write transaction of its own on the calling thread. */
-static int apply_sync(struct spool *sp, const char *qid, const struct spool_update *u,
-		      char *err, size_t errlen)
+/* Applies u in a write transaction of its own; env_lock is held. */
+static int apply_txn(struct spool *sp, const char *qid, const struct spool_update *u,
+		     char *err, size_t errlen)
 {
 	struct spool_apply res;
 	MDB_txn *txn;
@@ -541,6 +598,7 @@ static int apply_sync(struct spool *sp, const char *qid, const struct spool_upda
 
 	rc = mdb_txn_begin(sp->env, NULL, 0, &txn);
 	if (rc != 0) {
+		spool_env_failed(sp, rc);
 		seterr(err, errlen, "spool %s: mdb_txn_begin: %s", sp->path, mdb_strerror(rc));
 		return -1;
 	}
@@ -551,12 +609,26 @@ static int apply_sync(struct spool *sp, const char *qid, const struct spool_upda
 	} else if (rc != 0) {
 		mdb_txn_abort(txn);
 	}
+	spool_env_failed(sp, res.lmdb);
 	if (res.damaged)
 		return damaged(sp, qid, res.why, err, errlen);
 	if (rc < 0)
 		seterr(err, errlen, "updating %s in spool %s: %s", qid, sp->path, res.why);
 	if (rc == 0 && u->op == SPOOL_OP_REMOVE && res.had_file)
 		spool_read_unlink_body(sp, qid);
+	return rc;
+}
+
+/* Applies u on the calling thread (its own write transaction). */
+static int apply_sync(struct spool *sp, const char *qid, const struct spool_update *u,
+		      char *err, size_t errlen)
+{
+	int rc;
+
+	if (spool_env_enter(sp, err, errlen) < 0)
+		return -1;
+	rc = apply_txn(sp, qid, u, err, errlen);
+	spool_env_leave(sp);
 	return rc;
 }
 

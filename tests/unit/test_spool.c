@@ -11,8 +11,10 @@
 #include <ftw.h>
 #include <grp.h>
 #include <lmdb.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdio.h>
@@ -20,13 +22,38 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmocka.h>
 
+#include "evlog.h"
 #include "spool.h"
 #include "spool_record.h"
+
+/*
+ * MDB_PANIC in-process, with no hook in the spool: LMDB (a shared library)
+ * calls pwrite() through the PLT, so this definition interposes it.  While
+ * meta_failures > 0, each pwrite() to an O_DSYNC descriptor (LMDB's
+ * meta-page write, the one the e2e fault shim fails) fails with EIO without
+ * writing and counts it down; LMDB then flags the environment fatal and
+ * every later txn begins with MDB_PANIC.  Everything else is passed on.
+ * Test-only state; the spool itself has no global.
+ */
+static atomic_int meta_failures;
+
+ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
+{
+	int left = atomic_load(&meta_failures);
+
+	if (left > 0 && (fcntl(fd, F_GETFL) & O_DSYNC) == O_DSYNC &&
+	    atomic_compare_exchange_strong(&meta_failures, &left, left - 1)) {
+		errno = EIO;
+		return -1;
+	}
+	return (ssize_t)syscall(SYS_pwrite64, fd, buf, n, off);
+}
 
 struct fixture {
 	char dir[64];
@@ -628,6 +655,228 @@ static void test_orphans_swept(void **state)
 	spool_close(&sp);
 }
 
+/* ---- finished messages swept at open ---------------------------------- */
+
+static struct spool *open_spool_log(const char *path, size_t inline_max, struct evlog *log)
+{
+	struct spool_opts o;
+	char err[512] = "";
+	struct spool *sp;
+
+	spool_opts_init(&o);
+	o.space_margin = 0;
+	o.inline_max = inline_max;
+	sp = spool_open(path, &o, log, err, sizeof err);
+	if (sp == NULL)
+		fail_msg("spool_open %s: %s", path, err);
+	return sp;
+}
+
+/* A crash between the last results' commit and the removal's leaves a
+ * message with every recipient final: the next open removes it (body file
+ * too) in one txn, and leaves pending and half-done ones alone. */
+static void test_final_swept(void **state)
+{
+	struct fixture *f = *state;
+	struct evlog *log = evlog_new("test_spool");
+	struct spool *sp = open_spool_log(f->path, 1024, log);
+	struct spool_envelope *env = NULL;
+	char err[512] = "", q[4][SPOOL_QID_SIZE], p[256];
+	struct stat sb;
+	int n = 0;
+
+	assert_non_null(log);
+	for (int i = 0; i < 4; i++) {
+		struct spool_msg *m = make_msg(sp, 2, i % 2 ? 100 : 5000);
+
+		assert_int_equal(spool_commit(sp, &m, q[i], err, sizeof err), 0);
+	}
+	/* q0 (body file) and q1 (inline): all final, not removed */
+	for (int i = 0; i < 2; i++) {
+		assert_int_equal(spool_rcpt_update(sp, q[i], 0, SPOOL_RCPT_DELIVERED, "250 ok", 0,
+						   err, sizeof err), 0);
+		assert_int_equal(spool_rcpt_update(sp, q[i], 1, SPOOL_RCPT_FAILED, "550 no", 0,
+						   err, sizeof err), 0);
+	}
+	/* q2: one recipient still deferred; q3 untouched */
+	assert_int_equal(spool_rcpt_update(sp, q[2], 0, SPOOL_RCPT_DELIVERED, "250 ok", 0,
+					   err, sizeof err), 0);
+	assert_int_equal(spool_rcpt_update(sp, q[2], 1, SPOOL_RCPT_DEFERRED, "451 later", 0,
+					   err, sizeof err), 0);
+	spool_close(&sp);
+	assert_int_equal(evlog_count(log, EV_SPOOL_FINAL_SWEPT), 0);
+
+	sp = open_spool_log(f->path, 1024, log);
+	assert_int_equal(evlog_count(log, EV_SPOOL_FINAL_SWEPT), 1);
+	for (int i = 0; i < 4; i++) {
+		int rc = spool_load(sp, q[i], &env, err, sizeof err);
+
+		if (rc != (i < 2 ? 1 : 0))
+			fail_msg("%s (#%d): spool_load got %d, want %d (%s)", q[i], i, rc,
+				 i < 2 ? 1 : 0, err);
+		spool_envelope_free(&env);
+	}
+	snprintf(p, sizeof p, "%s/body/%s", f->path, q[0]);
+	assert_int_equal(stat(p, &sb), -1);
+	snprintf(p, sizeof p, "%s/body/%s", f->path, q[2]);
+	assert_int_equal(stat(p, &sb), 0);
+	check_body(sp, q[2], 5000, true);
+	check_body(sp, q[3], 100, false);
+	assert_int_equal(spool_foreach_pending(sp, count_pending, &n, err, sizeof err), 0);
+	assert_int_equal(n, 2);
+	spool_close(&sp);
+	/* nothing left to sweep: no second event */
+	sp = open_spool_log(f->path, 1024, log);
+	assert_int_equal(evlog_count(log, EV_SPOOL_FINAL_SWEPT), 1);
+	spool_close(&sp);
+	evlog_free(&log);
+}
+
+/* ---- reopen after MDB_PANIC ------------------------------------------- */
+
+/* Reads on another thread while the spool thread replaces the environment
+ * (ASan would catch a use of the closed one). */
+struct reader {
+	struct spool *sp;
+	char qid[SPOOL_QID_SIZE];
+	atomic_bool stop;
+	atomic_int loads, failures;
+};
+
+static void *reader_main(void *arg)
+{
+	struct reader *r = arg;
+	char err[512];
+
+	while (!atomic_load(&r->stop)) {
+		struct spool_envelope *env = NULL;
+		int n = 0, rc = spool_load(r->sp, r->qid, &env, err, sizeof err);
+
+		if (rc == 0 && strcmp(env->qid, r->qid) != 0)
+			rc = -2;
+		spool_envelope_free(&env);
+		if (rc == 0)
+			rc = spool_foreach_pending(r->sp, count_pending, &n, err, sizeof err);
+		atomic_fetch_add(rc == 0 ? &r->loads : &r->failures, 1);
+		if (rc < -1)
+			fail_msg("reader: envelope of the wrong message");
+	}
+	return NULL;
+}
+
+static int count_body_files(const char *path)
+{
+	struct dirent *de;
+	char p[256];
+	DIR *d;
+	int n = 0;
+
+	snprintf(p, sizeof p, "%s/body", path);
+	assert_non_null(d = opendir(p));
+	while ((de = readdir(d)) != NULL)
+		n += de->d_name[0] != '.';
+	closedir(d);
+	return n;
+}
+
+/* A failed meta-page write makes LMDB fatal: that batch gets a temporary
+ * failure and leaves nothing, the spool thread reopens in place
+ * (SPOOL_REOPENED), the next message commits, readers on another thread
+ * go on, and the last durable commit is intact. */
+static void test_panic_reopens(void **state)
+{
+	struct fixture *f = *state;
+	struct evlog *log = evlog_new("test_spool");
+	struct spool *sp = open_spool_log(f->path, 1024, log);
+	struct spool_envelope *env = NULL;
+	char err[512] = "", qa[SPOOL_QID_SIZE], qc[SPOOL_QID_SIZE];
+	struct reader r = { .sp = sp };
+	struct spool_msg *m;
+	pthread_t th;
+	int n = 0;
+
+	assert_non_null(log);
+	m = make_msg(sp, 1, 3000);
+	assert_int_equal(spool_commit(sp, &m, qa, err, sizeof err), 0);
+	memcpy(r.qid, qa, SPOOL_QID_SIZE);
+	assert_int_equal(pthread_create(&th, NULL, reader_main, &r), 0);
+
+	atomic_store(&meta_failures, 1);
+	m = make_msg(sp, 1, 3000);      /* a body file that must not stay */
+	assert_int_equal(spool_commit(sp, &m, NULL, err, sizeof err), -1);
+	assert_non_null(strstr(err, "LMDB commit"));
+	assert_int_equal(atomic_load(&meta_failures), 0);
+	m = make_msg(sp, 1, 100);
+	if (spool_commit(sp, &m, qc, err, sizeof err) != 0)
+		fail_msg("the commit after the reopen failed: %s", err);
+	assert_int_equal(evlog_count(log, EV_SPOOL_REOPENED), 1);
+	assert_int_equal(evlog_count(log, EV_SPOOL_REOPEN_FAILED), 0);
+
+	atomic_store(&r.stop, true);
+	pthread_join(th, NULL);
+	assert_true(atomic_load(&r.loads) > 0);
+	assert_int_equal(count_body_files(f->path), 1);
+	assert_int_equal(spool_load(sp, qa, &env, err, sizeof err), 0);
+	spool_envelope_free(&env);
+	check_body(sp, qa, 3000, true);
+	check_body(sp, qc, 100, false);
+	assert_int_equal(spool_foreach_pending(sp, count_pending, &n, err, sizeof err), 0);
+	assert_int_equal(n, 2);
+	assert_int_equal(spool_rcpt_update(sp, qa, 0, SPOOL_RCPT_DELIVERED, "250 ok", 0,
+					   err, sizeof err), 0);
+	assert_int_equal(spool_remove(sp, qa, err, sizeof err), 0);
+	spool_close(&sp);
+	sp = open_spool_log(f->path, 1024, log);
+	n = 0;
+	assert_int_equal(spool_foreach_pending(sp, count_pending, &n, err, sizeof err), 0);
+	assert_int_equal(n, 1);
+	assert_int_equal(count_body_files(f->path), 0);
+	spool_close(&sp);
+	evlog_free(&log);
+}
+
+/* When reopening fails too (here: the spool directory is away), commits
+ * and reads fail (temporary), nothing crashes, and the spool thread
+ * retries with a backoff until it succeeds. */
+static void test_panic_reopen_retries(void **state)
+{
+	struct fixture *f = *state;
+	struct evlog *log = evlog_new("test_spool");
+	struct spool *sp = open_spool_log(f->path, 1024, log);
+	struct spool_envelope *env = NULL;
+	char err[512] = "", qa[SPOOL_QID_SIZE], away[128];
+	struct spool_msg *m;
+	int i;
+
+	assert_non_null(log);
+	m = make_msg(sp, 1, 100);
+	assert_int_equal(spool_commit(sp, &m, qa, err, sizeof err), 0);
+	snprintf(away, sizeof away, "%s.away", f->path);
+	assert_int_equal(rename(f->path, away), 0);
+	atomic_store(&meta_failures, 1);
+	m = make_msg(sp, 1, 100);
+	assert_int_equal(spool_commit(sp, &m, NULL, err, sizeof err), -1);
+	m = make_msg(sp, 1, 100);
+	assert_int_equal(spool_commit(sp, &m, NULL, err, sizeof err), -1);
+	assert_non_null(strstr(err, "unavailable"));
+	assert_true(evlog_count(log, EV_SPOOL_REOPEN_FAILED) >= 1);
+	assert_int_equal(spool_load(sp, qa, &env, err, sizeof err), -1);
+	assert_non_null(strstr(err, "unavailable"));
+	assert_int_equal(spool_rcpt_update(sp, qa, 0, SPOOL_RCPT_DELIVERED, "250 ok", 0,
+					   err, sizeof err), -1);
+
+	assert_int_equal(rename(away, f->path), 0);
+	for (i = 0; i < 500 && evlog_count(log, EV_SPOOL_REOPENED) == 0; i++)
+		usleep(10000);   /* the retry comes 1 s later, by itself */
+	assert_int_equal(evlog_count(log, EV_SPOOL_REOPENED), 1);
+	assert_int_equal(spool_load(sp, qa, &env, err, sizeof err), 0);
+	spool_envelope_free(&env);
+	m = make_msg(sp, 1, 100);
+	assert_int_equal(spool_commit(sp, &m, NULL, err, sizeof err), 0);
+	spool_close(&sp);
+	evlog_free(&log);
+}
+
 static void test_in_use_refused(void **state)
 {
 	struct fixture *f = *state;
@@ -993,6 +1242,9 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_corrupt_quarantined, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_reopen_update_remove, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_orphans_swept, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_final_swept, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_panic_reopens, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_panic_reopen_retries, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_in_use_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_full_isolated, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_space_removes_body, setup, teardown),
