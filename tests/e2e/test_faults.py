@@ -204,10 +204,6 @@ def _spool_reopens():
     return "EV_SPOOL_REOPENED" in (ROOT / "src" / "spool.c").read_text()
 
 
-@pytest.mark.xfail(not _spool_reopens(), strict=True,
-                   reason="known bug until the spool reopens LMDB after MDB_PANIC: after a "
-                          "failed meta-page write (EIO/ENOSPC on LMDB's O_DSYNC pwrite) every "
-                          "later commit fails and carrierd answers 452 until restarted")
 def test_meta_page_failure_recovers_in_place(made):
     pts = receive_points(made, SMALL)
     n = [p[0] for p in pts if p[1] == "pwrite"][0]
