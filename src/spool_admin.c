@@ -14,8 +14,8 @@
 #include "spool_int.h"
 #include "spool_record.h"
 
-int spool_foreach(struct spool *sp, spool_env_fn *cb, void *arg,
-		  char *err, size_t errlen)
+static int foreach_all(struct spool *sp, spool_env_fn *cb, void *arg,
+		       char *err, size_t errlen)
 {
 	struct spool_badlist bad = { 0 };
 	MDB_txn *txn;
@@ -45,6 +45,20 @@ int spool_foreach(struct spool *sp, spool_env_fn *cb, void *arg,
 	mdb_txn_abort(txn);
 	spool_read_bad_flush(sp, &bad);
 	return stop;
+}
+
+/* Like the other readers, under the environment lock: a reopen after
+ * MDB_PANIC must never pull the environment from under a walk. */
+int spool_foreach(struct spool *sp, spool_env_fn *cb, void *arg,
+		  char *err, size_t errlen)
+{
+	int rc;
+
+	if (spool_env_enter(sp, err, errlen) < 0)
+		return -1;
+	rc = foreach_all(sp, cb, arg, err, errlen);
+	spool_env_leave(sp);
+	return rc;
 }
 
 static bool rcpt_pending(const struct spool_rcpt *r)
@@ -139,8 +153,8 @@ static int admin_one(struct spool *sp, MDB_txn *txn, const char *qid,
 	return res;
 }
 
-int spool_admin(struct spool *sp, enum spool_admin_op op, const char *const *qids,
-		size_t n, const char *reason, int *results, char *err, size_t errlen)
+static int admin_locked(struct spool *sp, enum spool_admin_op op, const char *const *qids,
+			size_t n, const char *reason, int *results, char *err, size_t errlen)
 {
 	struct spool_badlist bad = { 0 };
 	bool *files;
@@ -188,4 +202,16 @@ int spool_admin(struct spool *sp, enum spool_admin_op op, const char *const *qid
 	free(files);
 	spool_read_bad_flush(sp, &bad);
 	return changed;
+}
+
+int spool_admin(struct spool *sp, enum spool_admin_op op, const char *const *qids,
+		size_t n, const char *reason, int *results, char *err, size_t errlen)
+{
+	int rc;
+
+	if (spool_env_enter(sp, err, errlen) < 0)
+		return -1;
+	rc = admin_locked(sp, op, qids, n, reason, results, err, errlen);
+	spool_env_leave(sp);
+	return rc;
 }
