@@ -108,6 +108,8 @@ static const struct conf_key conf_keys[] = {
 	{ "delivery", "helo_name", CT_STRING, OFF(helo_name), "", 0, 0, "a host name for EHLO, or empty for server.hostname" },
 	{ "delivery", "double_bounce_to", CT_STRING, OFF(double_bounce_to), "", 0, 0, "an address that receives bounces that could not be delivered, or empty to drop them with an event" },
 
+	{ "delivery", "tls_ca_file", CT_PATH, OFF(out_tls_ca_file), "", 0, 0, "a PEM file of CA certificates for routes with tls = verify, or empty for the system trust store" },
+
 	{ "dns", "forwarder", CT_STRING, OFF(dns_forwarder), "", 0, 0, "empty for the resolvers of resolv_conf, or ADDRESS@PORT of a forwarder such as 127.0.0.1@5353" },
 	{ "dns", "resolv_conf", CT_PATH, OFF(dns_resolv_conf), "/etc/resolv.conf", 0, 0, "a resolv.conf path" },
 

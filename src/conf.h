@@ -129,6 +129,7 @@ struct carrier_conf {
 	unsigned out_data_timeout;      /* seconds, for the final dot */
 	char *helo_name;                /* "" = server.hostname */
 	char *double_bounce_to;         /* "" = drop failed bounces with an event */
+	char *out_tls_ca_file;          /* CA for routes with tls = verify; "" = system store */
 
 	/* [dns] */
 	char *dns_forwarder;            /* "" = resolv.conf; "127.0.0.1@5353" */

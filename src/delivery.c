@@ -47,6 +47,7 @@ static void dcfg_free(struct dcfg *c)
 	free(c->hostname);
 	free(c->double_bounce_to);
 	free(c->default_domain);
+	free(c->tls_ca_file);
 	memset(c, 0, sizeof *c);
 }
 
@@ -78,7 +79,9 @@ static int dcfg_init(struct dcfg *c, const struct carrier_conf *conf)
 	c->hostname = strdup(host);
 	c->double_bounce_to = strdup(conf->double_bounce_to ? conf->double_bounce_to : "");
 	c->default_domain = strdup(conf->n_local_domains ? conf->local_domains[0] : host);
-	if (c->hostname == NULL || c->double_bounce_to == NULL || c->default_domain == NULL) {
+	c->tls_ca_file = strdup(conf->out_tls_ca_file ? conf->out_tls_ca_file : "");
+	if (c->hostname == NULL || c->double_bounce_to == NULL || c->default_domain == NULL ||
+	    c->tls_ca_file == NULL) {
 		dcfg_free(c);
 		return -1;
 	}
@@ -457,6 +460,13 @@ static void start_smtp(struct dgroup *g, const struct route *r, const struct rou
 	job.dests = dests;
 	job.n_dests = nd;
 	job.spool = d->spool;
+	/* SMTP routes default to opportunistic TLS; LMTP (a local mailbox
+	 * server) only when its route asks.  Required TLS never falls back. */
+	if (job.mode == SMTP_CLIENT_LMTP && r->tls[0] == '\0')
+		job.tls = SMTP_CLIENT_TLS_NONE;
+	else if (smtp_client_tls_parse(r->tls, &job.tls) < 0)
+		job.tls = SMTP_CLIENT_TLS_MAY;
+	job.tls_ca_file = d->cfg.tls_ca_file[0] ? d->cfg.tls_ca_file : NULL;
 	if (nd == 0) {
 		snprintf(err, sizeof err, "%s: no address to connect to", r->key);
 		goto fail;

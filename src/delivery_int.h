@@ -32,6 +32,7 @@ struct dcfg {
 	char *hostname;
 	char *double_bounce_to;
 	char *default_domain;     /* for a recipient without '@' */
+	char *tls_ca_file;        /* outbound verify: "" = system trust store */
 };
 
 /* ---- the index (delivery_index.c) ------------------------------------ */

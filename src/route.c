@@ -276,8 +276,9 @@ static struct route_space *space_add(struct route_table *t, const char *name, bo
 	return s;
 }
 
-static void push_error(struct conf_errors *errs, const struct carrier_conf *conf,
-		       unsigned line, const char *space, const char *problem)
+static void push_error_key(struct conf_errors *errs, const struct carrier_conf *conf,
+			   unsigned line, const char *space, const char *field,
+			   const char *problem)
 {
 	struct conf_error *v = realloc(errs->v, (errs->n + 1) * sizeof *v);
 	char key[DNS_NAME_MAX + 20];
@@ -285,12 +286,29 @@ static void push_error(struct conf_errors *errs, const struct carrier_conf *conf
 	if (v == NULL)
 		return;
 	errs->v = v;
-	snprintf(key, sizeof key, "route %s.via", space);
+	snprintf(key, sizeof key, "route %s.%s", space, field);
 	v[errs->n].file = strdup(conf->path ? conf->path : "<embedded>");
 	v[errs->n].line = line;
 	v[errs->n].key = strdup(key);
 	v[errs->n].problem = strdup(problem);
 	errs->n++;
+}
+
+static void push_error(struct conf_errors *errs, const struct carrier_conf *conf,
+		       unsigned line, const char *space, const char *problem)
+{
+	push_error_key(errs, conf, line, space, "via", problem);
+}
+
+/* Outbound TLS policies a route may name ("" = the default, may). */
+static bool tls_policy_ok(const char *p)
+{
+	static const char *const ok[] = { "", "none", "may", "encrypt", "verify" };
+
+	for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+		if (strcmp(p, ok[i]) == 0)
+			return true;
+	return false;
 }
 
 /* Insertion by cost keeps file order among equal costs. */
@@ -326,6 +344,13 @@ static int add_conf_routes(struct route_table *t, const struct carrier_conf *con
 		r.max_connections = cr->max_connections;
 		r.max_rate = cr->max_rate;
 		snprintf(r.tls, sizeof r.tls, "%s", cr->tls ? cr->tls : "");
+		if (!tls_policy_ok(r.tls)) {
+			snprintf(err, sizeof err, "'%s' is not a TLS policy (expected none, may, encrypt or verify)",
+				 r.tls);
+			push_error_key(errs, conf, cr->line, cr->space, "tls", err);
+			bad++;
+			continue;
+		}
 		r.line = cr->line;
 		if ((s = space_add(t, cr->space, false)) == NULL)
 			return -1;
