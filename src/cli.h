@@ -7,6 +7,8 @@
 #ifndef CARRIER_CLI_H
 #define CARRIER_CLI_H
 
+#include <stdio.h>
+
 #include "conf.h"
 
 /* Loads `path` (NULL: the embedded default); on errors prints each as
@@ -15,6 +17,8 @@ struct carrier_conf *cli_load_conf(const char *who, const char *path);
 /* Prints configuration (or routing table) errors, prefixed by `who`
  * unless it is NULL. */
 void cli_print_conf_errors(const char *who, const struct conf_errors *errs);
+/* Writes `s` as a quoted JSON string, every control character escaped. */
+void cli_json_string(FILE *out, const char *s);
 
 int cli_doctor_main(int argc, char **argv);   /* cli_doctor.c */
 int cli_status_main(int argc, char **argv);   /* cli_status.c */

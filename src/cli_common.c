@@ -3,8 +3,24 @@
  * loaded with its errors printed the way carrierd -n prints them.
  */
 #include <stdio.h>
+#include <stdlib.h>
 
 #include "cli.h"
+#include "evlog.h"
+
+void cli_json_string(FILE *out, const char *s)
+{
+	size_t n = evlog_json_escape(NULL, 0, s);
+	char *buf = malloc(n + 1);
+
+	fputc('"', out);
+	if (buf != NULL) {
+		evlog_json_escape(buf, n + 1, s);
+		fputs(buf, out);
+		free(buf);
+	}
+	fputc('"', out);
+}
 
 void cli_print_conf_errors(const char *who, const struct conf_errors *errs)
 {

@@ -151,12 +151,9 @@ static void print_text(const struct diag_report *rep, int rc)
 
 static void json_str(const char *key, const char *s, const char *sep)
 {
-	size_t need = evlog_json_escape(NULL, 0, s) + 1;
-	char *buf = malloc(need);
-	if (buf)
-		evlog_json_escape(buf, need, s);
-	printf("\"%s\":\"%s\"%s", key, buf ? buf : "", sep);
-	free(buf);
+	printf("\"%s\":", key);
+	cli_json_string(stdout, s);
+	fputs(sep, stdout);
 }
 
 static void print_json(const struct diag_report *rep, int rc)

@@ -117,16 +117,7 @@ static size_t split(char *s, char **parts, size_t n)
 
 static void json_str(const char *s)
 {
-	size_t n = evlog_json_escape(NULL, 0, s);
-	char *buf = malloc(n + 1);
-
-	if (buf == NULL) {
-		fputs("\"\"", stdout);
-		return;
-	}
-	evlog_json_escape(buf, n + 1, s);
-	printf("\"%s\"", buf);
-	free(buf);
+	cli_json_string(stdout, s);
 }
 
 static void age_text(char *buf, size_t size, long long secs)

@@ -83,20 +83,6 @@ static void print_safe(FILE *out, const char *s)
 		fputc(iscntrl((unsigned char)*s) ? '?' : *s, out);
 }
 
-static void json_string(FILE *out, const char *s)
-{
-	size_t n = evlog_json_escape(NULL, 0, s);
-	char *buf = malloc(n + 1);
-
-	fputc('"', out);
-	if (buf) {
-		evlog_json_escape(buf, n + 1, s);
-		fputs(buf, out);
-		free(buf);
-	}
-	fputc('"', out);
-}
-
 static bool all_digits(const char *s)
 {
 	if (!*s || strlen(s) > 18)
@@ -113,7 +99,7 @@ static void json_value(FILE *out, const char *s)
 	if (all_digits(s) && (s[0] != '0' || !s[1]))
 		fputs(s, out);
 	else
-		json_string(out, s);
+		cli_json_string(out, s);
 }
 
 static void format_uptime(char *buf, size_t size, const char *secs)
@@ -227,17 +213,17 @@ static void print_json(FILE *out, const struct control_response *resp,
 		    !strcmp(k, CONTROL_STATUS_STARTED))
 			json_value(out, v);
 		else
-			json_string(out, v);
+			cli_json_string(out, v);
 	}
 	fputs(",\"listeners\":[", out);
 	for (size_t i = 0, k = 0; i < resp->n_fields; i++) {
 		if (strcmp(resp->fields[i].key, CONTROL_STATUS_LISTENER))
 			continue;
 		fputs(k++ ? "," : "", out);
-		json_string(out, resp->fields[i].value);
+		cli_json_string(out, resp->fields[i].value);
 	}
 	fputs("],\"socket\":", out);
-	json_string(out, socket_path);
+	cli_json_string(out, socket_path);
 	/* Other fields, first occurrence of each key (JSON keys are unique). */
 	for (size_t i = 0; i < resp->n_fields; i++) {
 		const char *k = resp->fields[i].key;
@@ -246,7 +232,7 @@ static void print_json(FILE *out, const struct control_response *resp,
 		    !strcmp(k, "socket") || control_response_get(resp, k) != resp->fields[i].value)
 			continue;
 		fprintf(out, ",\"%s\":", k);     /* keys are [a-z0-9_.-] */
-		json_string(out, resp->fields[i].value);
+		cli_json_string(out, resp->fields[i].value);
 	}
 	fputs("}\n", out);
 }
@@ -256,9 +242,9 @@ static void print_not_running(FILE *out, int json, const char *why,
 {
 	if (json) {
 		fputs("{\"running\":false,\"reason\":", out);
-		json_string(out, why);
+		cli_json_string(out, why);
 		fputs(",\"socket\":", out);
-		json_string(out, socket_path);
+		cli_json_string(out, socket_path);
 		fputs("}\n", out);
 		return;
 	}
@@ -283,7 +269,7 @@ static int status_error(int json, const char *fmt, ...)
 	fprintf(stderr, "carrier status: %s\n", msg);
 	if (json) {
 		fputs("{\"running\":null,\"error\":", stdout);
-		json_string(stdout, msg);
+		cli_json_string(stdout, msg);
 		fputs("}\n", stdout);
 	}
 	return STATUS_EXIT_ERROR;
