@@ -116,8 +116,9 @@ class Load:
                     pass
 
 
-def delivered_ids(d, sinks):
-    """Message-ID -> copies delivered (Maildir files, sink transactions)."""
+def delivered_ids(d, sinks, times=None):
+    """Message-ID -> copies delivered (Maildir files, sink transactions);
+    with `times` (a dict), also Message-ID -> [delivery times]."""
     got = {}
     if d.maildir.is_dir():
         for user in d.maildir.iterdir():
@@ -134,12 +135,16 @@ def delivered_ids(d, sinks):
                     if m:
                         k = m.group(1).decode()
                         got[k] = got.get(k, 0) + 1
+                        if times is not None:
+                            times.setdefault(k, []).append(f.stat().st_mtime)
     for s in sinks:
         for t in list(s.transactions):
             m = MSGID.search(t.get("data") or b"")
             if m:
                 k = m.group(1).decode()
                 got[k] = got.get(k, 0) + len(t.get("rcpts") or [1])
+                if times is not None:
+                    times.setdefault(k, []).append(t.get("time", 0))
     return got
 
 
@@ -198,12 +203,14 @@ def main():
     load.start()
     t0 = time.time()
     flip = 0
+    kill_times = []
     try:
         for k in range(1, args.kills + 1):
             time.sleep(rng.uniform(args.min_up, args.max_up))
             if sinks and k % 5 == 0:      # the second hop: 451 to temp* half the time
                 flip ^= 1
                 sinks[1].opts.rules = DEFAULT_RULES if flip else []
+            kill_times.append(time.time())
             d.proc.send_signal(signal.SIGKILL)
             d.proc.wait(10)
             d.stderr_file.close()
@@ -226,9 +233,19 @@ def main():
     time.sleep(1.0)        # let the last removals commit
     d.stop()
     queued = spool_qids(d.spool)
-    got = delivered_ids(d, sinks)
+    times = {}
+    got = delivered_ids(d, sinks, times)
     lost = sorted(m for m in acked if m not in got)
     dup = {m: n for m, n in got.items() if n > 1}
+    # A duplicate is explained when a kill fell between two of its copies
+    # (delivered, then killed before the spool recorded it, then retried).
+    unexplained = []
+    for m in dup:
+        ts = sorted(times.get(m, []))
+        for a, b in zip(ts, ts[1:]):
+            if not any(a - 0.05 <= k <= b + 0.05 for k in kill_times):
+                unexplained.append(m)
+                break
     dup_local = sum(1 for m in dup if m in acked and acked[m][0].endswith("@localhost"))
     unacked = sorted(m for m in got if m not in acked)
     crashes = [l for l in d.stderr().splitlines() if "Sanitizer" in l or "Segmentation" in l]
@@ -237,7 +254,9 @@ def main():
           f"refused (4xx/5xx) {load.refused}, delivered {sum(1 for m in acked if m in got)}, "
           f"still queued {len(queued)}, lost {len(lost) if not queued else len(lost)}, "
           f"duplicated {len(dup)} ({sum(dup.values()) - len(dup)} extra copies; "
-          f"{dup_local} Maildir, {len(dup) - dup_local} SMTP), "
+          f"{dup_local} Maildir, {len(dup) - dup_local} SMTP; "
+          f"{len(dup) - len(unexplained)} with a kill between the copies, "
+          f"{len(unexplained)} without), "
           f"delivered without a 250 (kill between commit and reply) {len(unacked)}, "
           f"quarantined {quarantined}, seed {args.seed}, {time.time() - t0:.0f}s")
     for s in sinks:
@@ -249,6 +268,8 @@ def main():
     elif lost:
         print(f"not delivered, {len(queued)} still queued: {lost[:20]} (queue: {queued[:10]})")
         bad = True
+    if unexplained:
+        print(f"duplicates without a kill between the copies: {unexplained[:20]}")
     if crashes:
         print("carrierd crashed:\n" + "\n".join(crashes[:10]))
         bad = True
