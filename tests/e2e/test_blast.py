@@ -189,3 +189,97 @@ def test_stall_mid_data_does_not_block_others(make_daemon):
     new = d.maildir / "u" / "new"
     assert not any("stalled" in p.read_text() for p in new.iterdir())
     assert_clean_stop(d)
+
+
+class Staller:
+    """A next hop that answers until DATA, takes the message text and
+    never answers the final dot."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.conns, self.stalled = [], threading.Event()
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self.session, args=(c,), daemon=True).start()
+
+    def session(self, c):
+        try:
+            f = c.makefile("rb")
+            c.sendall(b"220 staller ESMTP\r\n")
+            while True:
+                line = f.readline()
+                if not line:
+                    return
+                verb = line[:4].upper()
+                if verb in (b"EHLO", b"HELO"):
+                    c.sendall(b"250 staller\r\n")
+                elif verb == b"DATA":
+                    c.sendall(b"354 go on\r\n")
+                    while f.readline() not in (b".\r\n", b""):
+                        pass
+                    self.stalled.set()
+                    time.sleep(3600)        # never answer the dot
+                elif verb == b"QUIT":
+                    c.sendall(b"221 bye\r\n")
+                    return
+                else:
+                    c.sendall(b"250 ok\r\n")
+        except OSError:
+            return
+
+    def close(self):
+        self.sock.close()
+        for c in self.conns:
+            c.close()
+
+
+def test_next_hop_stalled_mid_data(make_daemon):
+    from sink import Sink
+    sink, staller = Sink().start(), Staller()
+    try:
+        d = mail_daemon(make_daemon,
+                        "[delivery]\nretry_schedule = 30s\nconnect_timeout = 2s\n"
+                        "command_timeout = 2s\ndata_timeout = 2s\n"
+                        f"[route stall.test]\nvia = smtp:[127.0.0.1]:{staller.port}\n"
+                        f"[route ok.test]\nvia = smtp:[127.0.0.1]:{sink.port}\n")
+        try:
+            d.wait_event("DELIVERY_INDEX_READY", timeout=5)
+        except AssertionError:
+            pytest.skip("carrierd does not run the delivery runner")
+        import smtplib
+        s = smtplib.SMTP("127.0.0.1", d.port, timeout=10)
+        s.sendmail("a@sender.example", ["x@stall.test"], "Subject: stall\r\n\r\nstuck\r\n")
+        s.quit()
+        assert staller.stalled.wait(10), "the stalled hop never got the message"
+        # While that delivery hangs on the dot: other next hops and the
+        # Maildir go on.
+        t0 = time.time()
+        s = smtplib.SMTP("127.0.0.1", d.port, timeout=10)
+        for i in range(3):
+            s.sendmail("a@sender.example", [f"ok{i}@ok.test"], f"Subject: ok{i}\r\n\r\nfine\r\n")
+        s.quit()
+        assert deliver(d, "local-while-stalled")
+        sink.wait(3, timeout=10)
+        assert time.time() - t0 < 5, "deliveries waited for the stalled hop"
+        # The stalled attempt times out and is deferred, with an event.
+        deadline = time.time() + 10
+        ev = []
+        while time.time() < deadline and not ev:
+            ev = [e for e in d.events("DELIVERY_DEFERRED") if "x@stall.test" in e["msg"]]
+            time.sleep(0.1)
+        assert ev, [e["event"] for e in d.events()]
+        assert_clean_stop(d)
+    finally:
+        sink.stop()
+        staller.close()
