@@ -305,9 +305,9 @@ static void print_hops_table(FILE *out, const struct counters_shm *s, long long 
 		fprintf(out, "  none yet\n");
 		return;
 	}
-	fprintf(out, "  %-32s %6s %7s %7s %4s %6s %6s %7s %6s %6s %7s %8s  %s\n", "NEXT HOP", "QUEUE",
-		"BYTES", "OLDEST", "ACT", "CONNS", "FAILED", "DELIV", "DEFER", "BOUNCE", "OUT",
-		"RETRY", "LAST FAILURE");
+	fprintf(out, "  %-32s %6s %7s %7s %4s %6s %6s %7s %6s %6s %7s %6s %6s %8s  %s\n", "NEXT HOP",
+		"QUEUE", "BYTES", "OLDEST", "ACT", "CONNS", "FAILED", "DELIV", "DEFER", "BOUNCE", "OUT",
+		"TLS", "TLSERR", "RETRY", "LAST FAILURE");
 	for (size_t k = 0; k < n; k++) {
 		const struct counters_hop *h = &s->hops[idx[k]];
 		int64_t oldest = h->f[HOP_OLDEST], retry = h->f[HOP_NEXT_RETRY];
@@ -315,12 +315,13 @@ static void print_hops_table(FILE *out, const struct counters_shm *s, long long 
 		fputs("  ", out);
 		stats_print_safe(out, h->key, 32);
 		fprintf(out, " %6" PRId64 " %7s %7s %4" PRId64 " %6" PRId64 " %6" PRId64 " %7" PRId64
-			" %6" PRId64 " %6" PRId64 " %7s %8s  ",
+			" %6" PRId64 " %6" PRId64 " %7s %6" PRId64 " %6" PRId64 " %8s  ",
 			h->f[HOP_QUEUE_MSGS], stats_fmt_bytes(b1, sizeof b1, h->f[HOP_QUEUE_BYTES]),
 			oldest > 0 ? stats_fmt_age(b2, sizeof b2, now - oldest) : "-",
 			h->f[HOP_CONN_ACTIVE], h->f[HOP_CONN_TOTAL], h->f[HOP_CONN_FAILED],
 			h->f[HOP_MSG_OUT], h->f[HOP_MSG_DEFERRED], h->f[HOP_MSG_BOUNCED],
 			stats_fmt_bytes(b3, sizeof b3, h->f[HOP_BYTES_OUT]),
+			h->f[HOP_TLS_SESSIONS], h->f[HOP_TLS_FAILURES],
 			retry <= 0 ? "-" : retry <= now ? "now" : stats_fmt_age(b4, sizeof b4, retry - now));
 		if (h->reason[0]) {
 			stats_print_safe(out, h->reason, 0);

@@ -381,6 +381,11 @@ void counters_out_bounced(struct counters *c, struct counters_hop *h,
 	counters_hop_set_failure(h, reason, now);
 }
 
+void counters_out_tls(struct counters_hop *h, bool ok)
+{
+	counters_hop_add(h, ok ? HOP_TLS_SESSIONS : HOP_TLS_FAILURES, 1);
+}
+
 /* ---- readers --------------------------------------------------------------- */
 
 void counters_hop_reason(const struct counters_hop *h, char *buf, size_t size)

@@ -38,7 +38,7 @@
 #include "evlog.h"
 
 #define COUNTERS_MAGIC 0x43415252u      /* "CARR" */
-#define COUNTERS_LAYOUT 2
+#define COUNTERS_LAYOUT 3
 
 /* What a value means, for readers: a counter only goes up (rates are
  * deltas), a gauge goes up and down, a time is Unix seconds (0 = never;
@@ -134,6 +134,9 @@ enum counters_id {
 	X(MSG_DEFERRED, "messages_deferred", COUNTER, "Deliveries to the next hop deferred")    \
 	X(MSG_BOUNCED, "messages_bounced", COUNTER, "Deliveries to the next hop failed permanently") \
 	X(BYTES_OUT, "bytes_out", COUNTER, "Message bytes sent to the next hop")                \
+	X(TLS_SESSIONS, "tls_sessions", COUNTER, "Deliveries to the next hop made under TLS")    \
+	X(TLS_FAILURES, "tls_failures", COUNTER,                                                 \
+	  "Connections to the next hop that failed in STARTTLS, the handshake or the certificate check") \
 	X(LAST_FAILURE, "last_failure", TIME, "Time of the last failure")                  \
 	X(NEXT_RETRY, "next_retry", TIME, "Next scheduled attempt")                        \
 	X(LAST_USED, "last_used", TIME, "Last time the slot was looked up")
@@ -264,6 +267,16 @@ void counters_out_deferred(struct counters *c, struct counters_hop *h,
 			   unsigned rcpts, const char *reason, int64_t now);
 void counters_out_bounced(struct counters *c, struct counters_hop *h,
 			  unsigned rcpts, const char *reason, int64_t now);
+
+/*
+ * Outbound TLS results per next hop (issue 7): `ok` = one delivery job ran
+ * under TLS (the SMTP client's result names a TLS version and cipher):
+ * HOP_TLS_SESSIONS; !ok = one connection failed because of TLS (no
+ * STARTTLS where required, STARTTLS refused, handshake or certificate
+ * check failed): HOP_TLS_FAILURES.  The failure itself is counted by
+ * counters_conn_out_failed() as usual; this only says it was TLS.
+ */
+void counters_out_tls(struct counters_hop *h, bool ok);
 
 /* ---- readers ----------------------------------------------------------- */
 

@@ -55,7 +55,7 @@ def test_stats_from_shared_memory_moves_with_traffic(daemon):
     assert before["source"] == "shared_memory", before
     assert before["shared"] is True
     assert before["note"] == ""
-    assert before["layout"] == 2
+    assert before["layout"] == 3
     assert before["pid"] == daemon.proc.pid
     c0 = before["counters"]
     for key in ("connections_in_current", "connections_in", "connections_in_rejected",

@@ -97,7 +97,7 @@ static void test_layout_mismatch(void **state)
 	assert_int_equal(ftruncate(fd, 128), 0);
 	assert_int_equal(counters_attach(name, snap, err, sizeof err), COUNTERS_ATTACH_LAYOUT);
 	assert_contains(err, "layout 1");
-	assert_contains(err, "reads layout 2");
+	assert_contains(err, "reads layout 3");
 
 	old[0] = 0xdeadbeef;
 	assert_int_equal(pwrite(fd, old, sizeof old, 0), (ssize_t)sizeof old);
@@ -276,6 +276,11 @@ static void test_out_helpers(void **state)
 	counters_conn_out_open(NULL, h);
 	counters_conn_out_close(NULL, h);
 	counters_out_delivered(c, NULL, 1, 10);
+	/* TLS results are per hop only: two sessions, one failure. */
+	counters_out_tls(h, true);
+	counters_out_tls(h, true);
+	counters_out_tls(h, false);
+	counters_out_tls(NULL, true);
 
 	assert_int_equal(s->v[COUNTER_CONN_OUT_CURRENT], 0);
 	assert_int_equal(s->v[COUNTER_CONN_OUT_TOTAL], 2);
@@ -294,6 +299,11 @@ static void test_out_helpers(void **state)
 	assert_int_equal(h->f[HOP_MSG_BOUNCED], 1);
 	assert_int_equal(h->f[HOP_LAST_FAILURE], 300);
 	assert_string_equal(h->reason, "550 5.1.1 no such user");
+	assert_int_equal(h->f[HOP_TLS_SESSIONS], 2);
+	assert_int_equal(h->f[HOP_TLS_FAILURES], 1);
+	assert_string_equal(counters_hop_field_name(HOP_TLS_SESSIONS), "tls_sessions");
+	assert_string_equal(counters_hop_field_name(HOP_TLS_FAILURES), "tls_failures");
+	assert_int_equal(counters_hop_field_kind(HOP_TLS_FAILURES), COUNTERS_COUNTER);
 	counters_close(&c, false);
 }
 
@@ -451,6 +461,9 @@ static struct counters *metrics_fixture(void)
 	h = counters_hop(c, "smtp:[127.0.0.1]:2526");
 	counters_hop_queue(h, 1, 100);
 	counters_hop_set(h, HOP_OLDEST, 1700000000);
+	counters_out_tls(h, true);
+	counters_out_tls(h, false);
+	counters_out_tls(h, false);
 	counters_hop_add(counters_hop(c, "weird\"key\\with\nnewline"), HOP_MSG_OUT, 1);
 	return c;
 }
@@ -471,6 +484,9 @@ static void test_metrics_render(void **state)
 	assert_contains(text, "\ncarrier_queue_messages{state=\"held\"} 0\n");
 	assert_contains(text, "carrier_next_hop_queue_messages{next_hop=\"smtp:[127.0.0.1]:2526\"} 1\n");
 	assert_contains(text, "carrier_next_hop_oldest_age_seconds{next_hop=\"smtp:[127.0.0.1]:2526\"} 600\n");
+	assert_contains(text, "# TYPE carrier_next_hop_tls_sessions_total counter\n");
+	assert_contains(text, "carrier_next_hop_tls_sessions_total{next_hop=\"smtp:[127.0.0.1]:2526\"} 1\n");
+	assert_contains(text, "carrier_next_hop_tls_failures_total{next_hop=\"smtp:[127.0.0.1]:2526\"} 2\n");
 	assert_contains(text, "carrier_next_hop_messages_delivered_total{next_hop=\"weird\\\"key\\\\with\\nnewline\"} 1\n");
 	assert_null(strstr(text, "# EOF"));
 	/* One TYPE line per family. */
