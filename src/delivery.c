@@ -92,6 +92,7 @@ static void pump(struct delivery *d);
 static void group_route(struct dgroup *g);
 static void group_done(struct dgroup *g);
 static void msg_results(struct dmsg *m);
+static void index_forget(struct delivery *d, const char *qid);
 
 static void count(struct delivery *d, enum counters_id id)
 {
@@ -146,56 +147,139 @@ static void index_requeue(struct delivery *d, const char *qid, int64_t due)
 	sl->busy = sl->kicked = false;
 	sl->due = due;
 	if (delivery_heap_push(&d->heap, qid, due) < 0)
-		delivery_qset_del(&d->known, qid);   /* found again by the next walk */
+		index_forget(d, qid);   /* found again by the next walk */
 }
 
 /* ---- next hops ------------------------------------------------------------- */
 
-static struct hop *hop_get(struct delivery *d, const char *key)
+static int64_t mono_us(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static size_t hop_bucket(const char *key)
 {
 	size_t b = 0;
-	struct hop *h;
 
 	for (const char *p = key; *p; p++)
 		b = b * 31 + (unsigned char)*p;
-	b %= HOP_BUCKETS;
-	for (h = d->hops[b]; h != NULL; h = h->next)
+	return b % HOP_BUCKETS;
+}
+
+static struct hop *hop_find(struct delivery *d, const char *key)
+{
+	for (struct hop *h = d->hops[hop_bucket(key)]; h != NULL; h = h->next)
 		if (strcmp(h->key, key) == 0)
 			return h;
+	return NULL;
+}
+
+static struct hop *hop_get(struct delivery *d, const char *key)
+{
+	size_t b = hop_bucket(key);
+	struct hop *h = hop_find(d, key);
+
+	if (h != NULL)
+		return h;
 	if ((h = calloc(1, sizeof *h)) == NULL)
 		return NULL;
+	h->d = d;
 	snprintf(h->key, sizeof h->key, "%s", key);
+	h->ctr = counters_hop(d->ctr, h->key);
 	h->next = d->hops[b];
 	d->hops[b] = h;
 	return h;
 }
 
+static void hop_destroy(struct hop *h)
+{
+	if (h->rate_ev != NULL)
+		event_free(h->rate_ev);
+	free(h);
+}
+
+/* Frees h when nothing of it is live: no slot held or awaited, no rate
+ * spacing or failure state to remember, no queued message counted. */
 static void hop_drop_if_idle(struct delivery *d, struct hop *h)
 {
-	size_t b = 0;
 	struct hop **pp;
 
-	if (h->active > 0 || h->n_wait > 0 || h->draining > 0)
+	if (h->active > 0 || h->n_wait > 0 || h->draining > 0 || h->fails > 0 ||
+	    h->n_queued > 0 || (h->rate > 0 && h->next_ok_us > mono_us()))
 		return;
-	for (const char *p = h->key; *p; p++)
-		b = b * 31 + (unsigned char)*p;
-	b %= HOP_BUCKETS;
-	for (pp = &d->hops[b]; *pp != NULL; pp = &(*pp)->next)
+	for (pp = &d->hops[hop_bucket(h->key)]; *pp != NULL; pp = &(*pp)->next)
 		if (*pp == h) {
 			*pp = h->next;
-			free(h);
+			hop_destroy(h);
 			return;
 		}
 }
 
-/* Starts waiting groups while the hop's limit for its backlog allows;
- * returns true when `self` was among them (its caller goes on with it). */
+static bool hop_is_down(const struct hop *h, int64_t now)
+{
+	return h != NULL && h->down_until > now;
+}
+
+static void hop_rate_cb(evutil_socket_t fd, short what, void *arg);
+
+/* True when the hop's rate lets one more message start now (and takes
+ * its token); otherwise arms the hop's timer for the next token. */
+static bool hop_rate_take(struct delivery *d, struct hop *h)
+{
+	int64_t now, wait;
+	struct timeval tv;
+
+	if (h->rate == 0)
+		return true;
+	now = mono_us();
+	if (h->next_ok_us <= now) {
+		h->next_ok_us = (h->next_ok_us + 1000000 / h->rate > now ? h->next_ok_us : now) +
+				1000000 / h->rate;
+		return true;
+	}
+	if (h->rate_ev == NULL && (h->rate_ev = evtimer_new(d->base, hop_rate_cb, h)) == NULL)
+		return true;   /* no timer: no limit rather than a stall */
+	if (!evtimer_pending(h->rate_ev, NULL)) {
+		wait = h->next_ok_us - now;
+		tv.tv_sec = (time_t)(wait / 1000000);
+		tv.tv_usec = (suseconds_t)(wait % 1000000);
+		evtimer_add(h->rate_ev, &tv);
+	}
+	return false;
+}
+
+/* Starts waiting groups while the hop's limit for its backlog and its
+ * rate allow (one at a time while it has failed, to probe it); when the
+ * hop is down, hands every waiting group back to its routes (they skip
+ * the hop).  Returns true when `self` was among the started (its caller
+ * goes on with it). */
 static bool hop_drain(struct delivery *d, struct hop *h, struct dgroup *self)
 {
 	bool got = false;
 
 	h->draining++;
-	while (h->whead != NULL && h->active < schedule_hop_limit(h->active + h->n_wait, h->max)) {
+	if (hop_is_down(h, now_s())) {
+		while (h->whead != NULL) {
+			struct dgroup *w = h->whead;
+
+			h->whead = w->wnext;
+			if (h->whead == NULL)
+				h->wtail = NULL;
+			h->n_wait--;
+			w->hop = NULL;
+			if (w != self)
+				group_route(w);
+		}
+		h->draining--;
+		hop_drop_if_idle(d, h);
+		return false;
+	}
+	while (h->whead != NULL &&
+	       h->active < (h->fails > 0 ? 1 : schedule_hop_limit(h->active + h->n_wait, h->max)) &&
+	       hop_rate_take(d, h)) {
 		struct dgroup *w = h->whead;
 
 		h->whead = w->wnext;
@@ -214,11 +298,20 @@ static bool hop_drain(struct delivery *d, struct hop *h, struct dgroup *self)
 	return got;
 }
 
+static void hop_rate_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct hop *h = arg;
+
+	if (!h->d->stop)
+		hop_drain(h->d, h, NULL);
+}
+
 /*
  * Takes a slot of the route's next hop for g (in arrival order).  Returns
  * true when g holds one now; false when g waits in the hop's queue
- * (group_route runs again for it when a slot frees).  Out of memory for
- * the hop table: true, without a limit.
+ * (group_route runs again for it when a slot frees or a token of the
+ * hop's rate is due).  Out of memory for the hop table: true, without a
+ * limit.
  */
 static bool hop_acquire(struct dgroup *g, const struct route *r)
 {
@@ -228,6 +321,7 @@ static bool hop_acquire(struct dgroup *g, const struct route *r)
 	if (h == NULL)
 		return true;
 	h->max = r->max_connections ? r->max_connections : d->cfg.max_conns;
+	h->rate = r->max_rate;
 	g->wnext = NULL;
 	if (h->wtail)
 		h->wtail->wnext = g;
@@ -247,6 +341,138 @@ static void hop_release(struct dgroup *g)
 	g->hop = NULL;
 	h->active--;
 	hop_drain(g->m->d, h, NULL);
+}
+
+/*
+ * The outcome of an SMTP/LMTP job for its next hop (before the slot is
+ * released): a session reached MAIL: the hop is up; every destination
+ * failed before MAIL and every recipient is deferred: a connection-level
+ * failure, the hop is down for its own backoff (shared by every message
+ * for it) and later messages skip it until then.
+ */
+static void hop_outcome(struct dgroup *g, const struct route *r,
+			const struct smtp_client_result *res)
+{
+	struct delivery *d = g->m->d;
+	struct hop *h = g->hop;
+	bool all_temp = res->n_rcpts > 0;
+	int64_t now = now_s(), delay;
+	char reason[SMTP_CLIENT_TEXT_MAX + SMTP_CLIENT_ADDR_MAX + 4];
+	const struct smtp_client_attempt *a;
+
+	for (size_t k = 0; k < res->n_rcpts; k++)
+		if (res->rcpts[k].cls != SMTP_CLIENT_TEMP)
+			all_temp = false;
+	if (res->connected) {
+		if (h == NULL && (h = hop_find(d, r->key)) == NULL)
+			return;
+		if (h->fails > 0)
+			evlog_emit(d->log, EV_DELIVERY_HOP_UP, EVF_S("hop", h->key),
+				   EVF_I("failures", h->fails));
+		h->fails = 0;
+		h->down_until = 0;
+		return;
+	}
+	if (res->n_attempts == 0 || !all_temp)
+		return;
+	if (h == NULL && (h = hop_get(d, r->key)) == NULL)
+		return;
+	/* Jobs in flight together when it went down fail together: once. */
+	if (hop_is_down(h, now))
+		return;
+	a = &res->attempts[res->n_attempts - 1];
+	snprintf(reason, sizeof reason, "%s: %s", a->addr[0] ? a->addr : a->host, a->reason);
+	delay = schedule_delay(&d->cfg.pol, h->fails, &d->rnd);
+	h->fails++;
+	h->down_until = now + delay;
+	counters_hop_set_failure(h->ctr, reason, now);
+	counters_hop_set_next_retry(h->ctr, h->down_until);
+	evlog_emit(d->log, EV_DELIVERY_HOP_DOWN, EVF_S("hop", h->key),
+		   EVF_I("failures", h->fails), EVF_I("delay", delay), EVF_S("reason", reason));
+}
+
+/* ---- the queue gauges per next hop ------------------------------------------ */
+
+static void hop_unqueue(struct delivery *d, struct qslot *sl)
+{
+	struct hop *h = sl->hop;
+
+	if (h == NULL)
+		return;
+	sl->hop = NULL;
+	h->n_queued--;
+	h->q_bytes -= sl->size;
+	counters_hop_add(h->ctr, HOP_QUEUE_MSGS, -1);
+	counters_hop_add(h->ctr, HOP_QUEUE_BYTES, -(int64_t)sl->size);
+	if (h->n_queued == 0) {
+		h->oldest = 0;
+		counters_hop_set(h->ctr, HOP_OLDEST, 0);
+	} else if (sl->arrival <= h->oldest) {
+		d->oldest_dirty = true;   /* recounted by pump, at most once a second */
+	}
+	hop_drop_if_idle(d, h);
+}
+
+/* Counts qid's message in the queue of next hop `key` (moving it from the
+ * hop it was counted for). */
+static void hop_enqueue(struct delivery *d, const char *qid, const char *key,
+			int64_t arrival, uint64_t size)
+{
+	struct qslot *sl = delivery_qset_find(&d->known, qid);
+	struct hop *h;
+
+	if (sl == NULL || (sl->hop != NULL && strcmp(sl->hop->key, key) == 0))
+		return;
+	if ((h = hop_get(d, key)) == NULL)
+		return;
+	h->n_queued++;        /* first: keeps h alive through the unqueue */
+	hop_unqueue(d, sl);
+	sl->hop = h;
+	sl->arrival = arrival;
+	sl->size = size;
+	h->q_bytes += size;
+	counters_hop_add(h->ctr, HOP_QUEUE_MSGS, 1);
+	counters_hop_add(h->ctr, HOP_QUEUE_BYTES, (int64_t)size);
+	if (h->oldest == 0 || arrival < h->oldest) {
+		h->oldest = arrival;
+		counters_hop_set(h->ctr, HOP_OLDEST, arrival);
+	}
+}
+
+/* Takes qid out of the index (and of its hop's queue). */
+static void index_forget(struct delivery *d, const char *qid)
+{
+	struct qslot *sl = delivery_qset_find(&d->known, qid);
+
+	if (sl != NULL)
+		hop_unqueue(d, sl);
+	delivery_qset_del(&d->known, qid);
+}
+
+/* Recomputes the oldest arrival of every hop after one left (a walk of
+ * the index: bounded to once a second). */
+static void hops_recount_oldest(struct delivery *d, int64_t now)
+{
+	if (!d->oldest_dirty || now == d->oldest_at)
+		return;
+	d->oldest_dirty = false;
+	d->oldest_at = now;
+	for (size_t b = 0; b < HOP_BUCKETS; b++)
+		for (struct hop *h = d->hops[b]; h != NULL; h = h->next)
+			h->scan_oldest = 0;
+	for (size_t i = 0; i < d->known.cap; i++) {
+		struct qslot *sl = &d->known.v[i];
+
+		if (sl->qid[0] != '\0' && sl->hop != NULL &&
+		    (sl->hop->scan_oldest == 0 || sl->arrival < sl->hop->scan_oldest))
+			sl->hop->scan_oldest = sl->arrival;
+	}
+	for (size_t b = 0; b < HOP_BUCKETS; b++)
+		for (struct hop *h = d->hops[b]; h != NULL; h = h->next)
+			if (h->scan_oldest != h->oldest) {
+				h->oldest = h->scan_oldest;
+				counters_hop_set(h->ctr, HOP_OLDEST, h->oldest);
+			}
 }
 
 /* ---- one group: routes in cost order -------------------------------------- */
@@ -372,6 +598,7 @@ static void smtp_done(void *arg, const struct smtp_client_result *res)
 	const struct route *r = &g->dec->routes[g->ri];
 	char reason[SMTP_CLIENT_TEXT_MAX + SMTP_CLIENT_HOST_MAX + 8];
 
+	hop_outcome(g, r, res);
 	hop_release(g);
 	if (res->n_rcpts > 0) {
 		char first[SMTP_CLIENT_TEXT_MAX + 32];
@@ -492,6 +719,26 @@ static bool needs_dns(enum route_kind k)
 	return k == ROUTE_SMTP || k == ROUTE_MX || k == ROUTE_LMTP_INET;
 }
 
+/* When route r's next hop is down (and g holds no slot of it), marks g's
+ * recipients as waiting for it and returns true: the caller skips the
+ * route (the next one may still take them). */
+static bool group_skip_down(struct dgroup *g, const struct route *r)
+{
+	struct delivery *d = g->m->d;
+	struct hop *h;
+	int64_t now = now_s();
+	char text[SMTP_CLIENT_TEXT_MAX];
+
+	if (g->hop != NULL || (h = hop_find(d, r->key)) == NULL || !hop_is_down(h, now))
+		return false;
+	snprintf(text, sizeof text, "%s: next hop down after %u failed connections, retried in %llds",
+		 r->key, h->fails, (long long)(h->down_until - now));
+	group_set_all(g, RS_TEMP, 0, "4.4.1", text, r->key);
+	if (g->wait_until == 0 || h->down_until < g->wait_until)
+		g->wait_until = h->down_until;
+	return true;
+}
+
 /* Tries g's routes from g->ri on until one is started or all are done. */
 static void group_route(struct dgroup *g)
 {
@@ -517,12 +764,18 @@ static void group_route(struct dgroup *g)
 			if (g->hop == NULL && !hop_acquire(g, r))
 				return;
 			g->hop_ctr = counters_hop(g->m->d->ctr, r->key);
+			g->attempted = true;
 			start_maildir(g, r);
 			return;
 		case ROUTE_LMTP_UNIX:
+			if (group_skip_down(g, r)) {
+				g->ri++;
+				continue;
+			}
 			if (g->hop == NULL && !hop_acquire(g, r))
 				return;
 			g->hop_ctr = counters_hop(g->m->d->ctr, r->key);
+			g->attempted = true;
 			start_smtp(g, r, t);
 			return;
 		case ROUTE_SMTP:
@@ -530,7 +783,12 @@ static void group_route(struct dgroup *g)
 		case ROUTE_LMTP_INET:
 			break;
 		}
+		if (group_skip_down(g, r)) {
+			g->ri++;
+			continue;
+		}
 		if (t == NULL) {
+			g->attempted = true;
 			group_set_all(g, RS_TEMP, 0, "4.4.3", "no DNS resolver", r->key);
 			g->ri++;
 			continue;
@@ -538,6 +796,7 @@ static void group_route(struct dgroup *g)
 		if (t->status != DNS_OK || t->n_addrs == 0) {
 			bool perm = dns_status_permanent(t->status);
 
+			g->attempted = true;
 			snprintf(text, sizeof text, "%s: %s", r->key,
 				 t->reason[0] ? t->reason : dns_status_name(t->status));
 			if (t->null_mx) {
@@ -556,6 +815,7 @@ static void group_route(struct dgroup *g)
 		if (g->hop == NULL && !hop_acquire(g, r))
 			return;
 		g->hop_ctr = counters_hop(g->m->d->ctr, r->key);
+		g->attempted = true;
 		start_smtp(g, r, t);
 		return;
 	}
@@ -609,6 +869,13 @@ static void group_done(struct dgroup *g)
 
 		if (r->st != RS_TRY)
 			continue;
+		/* Every route it had was skipped, its hop down: it waits for
+		 * the hop without an attempt. */
+		if (!g->attempted && g->wait_until > 0) {
+			r->st = RS_WAIT;
+			r->next = g->wait_until;
+			continue;
+		}
 		r->st = r->last == RS_PERM ? RS_PERM : RS_TEMP;
 		if (r->text[0] == '\0')
 			snprintf(r->text, sizeof r->text, "no route could be tried");
@@ -868,12 +1135,12 @@ static void count_results(struct delivery *d, struct dmsg *m)
 		unsigned n = 0;
 		char reply[REPLY_MAX];
 
-		if (r->st == RS_SKIP || r->counted)
+		if (r->st == RS_SKIP || r->st == RS_WAIT || r->counted)
 			continue;
 		for (size_t k = i; k < env->n_rcpts; k++) {
 			struct rstate *o = &m->rs[k];
 
-			if (o->st != RS_SKIP && !o->counted && o->fin == r->fin &&
+			if (o->st != RS_SKIP && o->st != RS_WAIT && !o->counted && o->fin == r->fin &&
 			    (o->hop == r->hop || (o->hop && r->hop && !strcmp(o->hop, r->hop)))) {
 				o->counted = true;
 				n++;
@@ -888,8 +1155,13 @@ static void count_results(struct delivery *d, struct dmsg *m)
 			counters_out_deferred(d->ctr, h, n, reply, m->now);
 		else if (r->fin == SPOOL_RCPT_FAILED)
 			counters_out_bounced(d->ctr, h, n, reply, m->now);
-		if (r->fin == SPOOL_RCPT_DEFERRED)
-			counters_hop_set_next_retry(h, r->next);
+		if (r->fin == SPOOL_RCPT_DEFERRED) {
+			/* A hop that is down is retried at its own time. */
+			struct hop *hp = r->hop ? hop_find(d, r->hop) : NULL;
+
+			counters_hop_set_next_retry(h, hop_is_down(hp, m->now) ? hp->down_until :
+						    r->next);
+		}
 	}
 	if (expired)
 		count(d, COUNTER_MSG_EXPIRED);
@@ -910,12 +1182,28 @@ static void msg_record(struct dmsg *m)
 	int64_t due = INT64_MAX;
 	bool all_final = true, failed = false;
 	char reply[REPLY_MAX + sizeof DELIVERY_WARNED_MARK], err[512];
+	const char *qhop = NULL, *whop = NULL;   /* hop of the earliest pending; of a wait */
+	int64_t qdue = INT64_MAX;
+	size_t n_wait = 0;
 
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		struct rstate *r = &m->rs[i];
 		const struct spool_rcpt *sr = &env->rcpts[i];
 		struct rec *rc;
 
+		if ((r->st == RS_WAIT || r->fin == SPOOL_RCPT_DEFERRED) && r->st != RS_SKIP &&
+		    r->hop != NULL && r->next < qdue) {
+			qdue = r->next;
+			qhop = r->hop;
+		}
+		if (r->st == RS_WAIT) {
+			all_final = false;
+			if (r->next < due)
+				due = r->next;
+			whop = r->hop;
+			n_wait++;
+			continue;
+		}
 		if (r->st == RS_SKIP) {
 			if (sr->state == SPOOL_RCPT_QUEUED || sr->state == SPOOL_RCPT_DEFERRED) {
 				all_final = false;
@@ -947,6 +1235,12 @@ static void msg_record(struct dmsg *m)
 		}
 	}
 	count_results(d, m);
+	if (n_wait > 0)
+		evlog_emit(d->log, EV_DELIVERY_POSTPONED, EVF_S("qid", env->qid),
+			   EVF_I("rcpts", n_wait), EVF_S("hop", whop ? whop : "none"),
+			   EVF_I("delay", due - m->now));
+	if (qhop != NULL && !all_final)
+		hop_enqueue(d, env->qid, qhop, env->arrival, env->size);
 	if (failed) {
 		/* Attempted again later; a delivered recipient may be
 		 * delivered twice (logged above). */
@@ -960,7 +1254,7 @@ static void msg_record(struct dmsg *m)
 			free(rc);
 			evlog_emit(d->log, EV_DELIVERY_SPOOL_FAILED, EVF_S("reason", err));
 		}
-		delivery_qset_del(&d->known, env->qid);
+		index_forget(d, env->qid);
 		d->st.removed++;
 	} else {
 		/* Results reach the spool within one group commit; never
@@ -1100,6 +1394,16 @@ static void msg_results(struct dmsg *m)
 
 		if (r->st == RS_SKIP)
 			continue;
+		/* Waiting for a hop that is down: no attempt, unless its
+		 * lifetime ran out meanwhile (then it expires now). */
+		if (r->st == RS_WAIT) {
+			if (!schedule_expired(&d->cfg.pol, env->arrival, m->now)) {
+				if (r->next > schedule_expiry(&d->cfg.pol, env->arrival))
+					r->next = schedule_expiry(&d->cfg.pol, env->arrival);
+				continue;
+			}
+			r->st = RS_TEMP;
+		}
 		r->warned = sr->last_reply != NULL && strstr(sr->last_reply, DELIVERY_WARNED_MARK);
 		if (r->st == RS_OK) {
 			r->fin = SPOOL_RCPT_DELIVERED;
@@ -1190,7 +1494,7 @@ static void load_done(struct delivery *d, struct wjob *j)
 	struct dmsg *m;
 
 	if (j->rc == 1) {
-		delivery_qset_del(&d->known, j->qid);
+		index_forget(d, j->qid);
 		d->n_active--;
 		return;
 	}
@@ -1206,7 +1510,7 @@ static void load_done(struct delivery *d, struct wjob *j)
 	if (j->env->held) {
 		/* Held by an administrator: out of the index until released
 		 * (delivery_kick_qid, or the next walk). */
-		delivery_qset_del(&d->known, j->qid);
+		index_forget(d, j->qid);
 		d->n_active--;
 		return;
 	}
@@ -1314,6 +1618,7 @@ static void pump(struct delivery *d)
 	}
 	if (now - d->last_scan >= RESCAN_SECS)
 		post_scan(d);
+	hops_recount_oldest(d, now);
 	arm_timer(d, now);
 	gauges(d, (int64_t)d->n_active, (int64_t)(d->known.n - d->n_active));
 }
@@ -1360,7 +1665,11 @@ static void delivery_destroy(struct delivery *d)
 			struct hop *h = d->hops[b];
 
 			d->hops[b] = h->next;
-			free(h);
+			/* The gauges leave with the runner (as the global ones). */
+			counters_hop_add(h->ctr, HOP_QUEUE_MSGS, -(int64_t)h->n_queued);
+			counters_hop_add(h->ctr, HOP_QUEUE_BYTES, -(int64_t)h->q_bytes);
+			counters_hop_set(h->ctr, HOP_OLDEST, 0);
+			hop_destroy(h);
 		}
 	free(d->known.v);
 	free(d->heap.v);
@@ -1421,16 +1730,35 @@ fail:
 	return NULL;
 }
 
+/* An administrator's flush or retry: a hop that is down is tried again
+ * at once (one probe first: it keeps its failure count until it works). */
+static void hop_wake(struct delivery *d, struct hop *h)
+{
+	if (h->down_until == 0)
+		return;
+	h->down_until = 0;
+	counters_hop_set_next_retry(h->ctr, now_s());
+}
+
 void delivery_kick(struct delivery *d)
 {
-	if (d != NULL)
-		post_scan(d);
+	if (d == NULL)
+		return;
+	for (size_t b = 0; b < HOP_BUCKETS; b++)
+		for (struct hop *h = d->hops[b]; h != NULL; h = h->next)
+			hop_wake(d, h);
+	post_scan(d);
 }
 
 void delivery_kick_qid(struct delivery *d, const char *qid)
 {
+	struct qslot *sl;
+
 	if (d == NULL)
 		return;
+	if (delivery_qid_ok(qid) && (sl = delivery_qset_find(&d->known, qid)) != NULL &&
+	    sl->hop != NULL)
+		hop_wake(d, sl->hop);
 	if (index_add(d, qid, 0))
 		pump(d);
 }

@@ -44,6 +44,12 @@ struct qslot {
 	bool busy;                /* being attempted (loaded or in flight) */
 	bool kicked;              /* asked for again while busy */
 	int64_t due;              /* its next attempt (the live heap entry) */
+	/* The next hop it is queued for (that of its earliest pending
+	 * recipient after its last attempt; NULL before the first), with
+	 * what it adds to that hop's queue gauges. */
+	struct hop *hop;
+	int64_t arrival;
+	uint64_t size;
 };
 
 struct qset {
@@ -76,7 +82,9 @@ void delivery_heap_pop(struct heap *h, struct hent *top_r);
 
 /* ---- types of the runner ---------------------------------------------------- */
 
-enum rs_state { RS_SKIP, RS_TRY, RS_OK, RS_TEMP, RS_PERM };
+/* RS_WAIT: not tried, every route's next hop is down: waits until
+ * `next` without a record in the spool (no attempt counted). */
+enum rs_state { RS_SKIP, RS_TRY, RS_OK, RS_TEMP, RS_PERM, RS_WAIT };
 
 /* One recipient's outcome in this attempt. */
 struct rstate {
@@ -101,6 +109,8 @@ struct dgroup {
 	struct dmsg *m;
 	struct dgroup *next;      /* in the message */
 	struct dgroup *wnext;     /* in its hop's wait queue */
+	bool attempted;           /* a route was tried (not only skipped: hop down) */
+	int64_t wait_until;       /* earliest end of a skipped hop's down time */
 	struct route_decision *dec;
 	struct route_resolution *res;
 	struct route_req *req;
@@ -124,12 +134,30 @@ struct dmsg {
 	char bounce_qid[SPOOL_QID_SIZE];   /* the failure report, "" = none */
 };
 
+/* A next hop: its concurrency and wait queue, its message rate (token
+ * bucket, one token, refilled at `rate` per second), its down time after
+ * connection-level failures, and its share of the index (queue gauges).
+ * Kept while anything of that is live, freed when idle. */
 struct hop {
 	struct hop *next;         /* bucket chain */
+	struct delivery *d;
 	char key[ROUTE_KEY_MAX];
 	unsigned active, max, draining;
 	struct dgroup *whead, *wtail;
 	size_t n_wait;
+	/* max_rate */
+	unsigned rate;            /* messages per second; 0 = unlimited */
+	int64_t next_ok_us;       /* monotonic microseconds: next start allowed */
+	struct event *rate_ev;    /* drains the queue when a token is due */
+	/* backoff */
+	unsigned fails;           /* consecutive connection-level failures */
+	int64_t down_until;       /* Unix seconds; 0 = up */
+	/* queue gauges (published in counters under the hop's slot) */
+	struct counters_hop *ctr;
+	size_t n_queued;
+	uint64_t q_bytes;
+	int64_t oldest;           /* earliest arrival of a queued message; 0 = none */
+	int64_t scan_oldest;      /* scratch of the recount */
 };
 
 enum wj_type { WJ_SCAN, WJ_LOAD, WJ_MAILDIR, WJ_NOTIFY };
@@ -190,6 +218,8 @@ struct delivery {
 	struct dmsg *active;
 	size_t n_active;
 	struct hop *hops[HOP_BUCKETS];
+	bool oldest_dirty;                /* a hop's oldest message left it */
+	int64_t oldest_at;                /* last recount (Unix seconds) */
 
 	/* worker */
 	pthread_t thread;

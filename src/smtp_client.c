@@ -1557,11 +1557,12 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 		conn_free(conn, true);
 		return;
 	}
-	if (conn->state == SC_CONNECTING)
+	/* Connected and closed at once (one event): errno is stale then. */
+	if (what & BEV_EVENT_EOF)
+		snprintf(reason, sizeof reason, "connection closed by the peer");
+	else if (conn->state == SC_CONNECTING)
 		snprintf(reason, sizeof reason, "connect: %s",
 			 strerror(e != 0 ? e : ECONNREFUSED));
-	else if (what & BEV_EVENT_EOF)
-		snprintf(reason, sizeof reason, "connection closed by the peer");
 	else
 		snprintf(reason, sizeof reason, "connection lost: %s",
 			 strerror(e != 0 ? e : EIO));

@@ -224,3 +224,131 @@ def test_notify_success_relayed_to_peer_without_dsn(make_daemon):
         assert rcpts[0]["Status"].startswith("2.")
     finally:
         s.stop()
+
+
+# ---- per next hop: rate, backoff, queue gauges -------------------------------
+
+class Refuser:
+    """A dead next hop that can be counted: accepts each connection and
+    closes it at once (no greeting)."""
+
+    def __init__(self, port=None):
+        import socket
+        import threading
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port or 0))
+        self.port = self.sock.getsockname()[1]
+        self.sock.listen(64)
+        self.count = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            self.count += 1
+            c.close()
+
+    def close(self):
+        import socket
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
+
+
+def _send_many(d, n, rcpt):
+    s = d.smtp()
+    try:
+        for i in range(n):
+            s.sendmail(SENDER, [rcpt], f"Subject: m{i}\r\nMessage-ID: <m{i}@example.net>\r\n"
+                       "\r\nhello\r\n")
+    finally:
+        s.quit()
+
+
+def _stats_hop(d, key):
+    import json
+    r = d.carrier("stats", "-c", str(d.conf_path), "--json")
+    assert r.returncode == 0, r.stderr
+    for h in json.loads(r.stdout)["next_hops"]:
+        if h["key"] == key:
+            return h
+    return None
+
+
+def test_max_rate_spaces_messages(make_daemon, sink):
+    d = _start(make_daemon, _conf(f"[route *]\nvia = smtp:[127.0.0.1]:{sink.port}\n"
+                                  "max_rate = 5\n"))
+    _send_many(d, 20, "ok-rate@remote.test")
+    _wait(lambda: len(sink.transactions) >= 20, timeout=20, what="20 deliveries")
+    times = sorted(t["time"] for t in sink.transactions)
+    # 5 per second: 19 gaps of 0.2 s (the first token is there at once).
+    assert times[-1] - times[0] >= 3.0, times[-1] - times[0]
+    # They waited for the rate, nothing was deferred.
+    assert d.events("DELIVERY_DEFERRED") == []
+    assert len(d.events("DELIVERY_DELIVERED")) == 20
+
+
+def test_dead_hop_backoff_then_flush(make_daemon):
+    dead = Refuser()
+    port = dead.port
+    key = f"smtp:[127.0.0.1]:{port}"
+    s = None
+    try:
+        # First hop retry after 1 s, then 60 s: only a flush brings it back.
+        d = _start(make_daemon, _conf(f"[route *]\nvia = smtp:[127.0.0.1]:{port}\n").replace(
+            "retry_schedule = 1s", "retry_schedule = 1s, 60s"))
+        _send_many(d, 50, "ok-dead@remote.test")
+        d.wait_event("DELIVERY_HOP_DOWN", timeout=10, count=2)   # the probe after 1 s failed
+        _wait(lambda: (len(d.events("DELIVERY_DEFERRED")) +
+                       sum(e["fields"]["rcpts"] for e in d.events("DELIVERY_POSTPONED"))) >= 50,
+              timeout=10, what="every message deferred or postponed")
+        time.sleep(1.0)
+        tried = dead.count
+        attempts = len(d.events("DELIVERY_DEFERRED"))
+        assert tried <= 12, f"{tried} connections to a dead next hop for 50 messages"
+        assert attempts <= 12, attempts
+        h = _stats_hop(d, key)
+        assert h is not None
+        assert h["queue_messages"] == 50, h
+        assert h["next_retry"] > time.time() + 30, h
+        assert h["last_failure"] > 0
+        # The next hop comes back; a flush delivers everything at once.
+        dead.close()
+        s = Sink(port=port).start()
+        r = d.carrier("queue", "-c", str(d.conf_path), "flush")
+        assert r.returncode == 0, r.stdout + r.stderr
+        _wait(lambda: len(s.transactions) >= 50, timeout=15, what="50 deliveries after the flush")
+        d.wait_event("DELIVERY_HOP_UP", timeout=5)
+        d.wait_event("DELIVERY_REMOVED", timeout=10, count=50)
+        assert dead.count == tried
+        _wait(lambda: _stats_hop(d, key)["queue_messages"] == 0, timeout=5,
+              what="the hop's queue gauge back to 0")
+    finally:
+        dead.close()
+        if s is not None:
+            s.stop()
+
+
+def test_hop_queue_gauges(make_daemon):
+    dead = free_port()
+    key = f"smtp:[127.0.0.1]:{dead}"
+    d = _start(make_daemon, _conf(f"[route *]\nvia = smtp:[127.0.0.1]:{dead}\n").replace(
+        "retry_schedule = 1s", "retry_schedule = 30s"))
+    t0 = time.time()
+    _send_many(d, 10, "ok-gauge@remote.test")
+    h = _wait(lambda: (lambda x: x if x and x["queue_messages"] == 10 else None)(
+        _stats_hop(d, key)), timeout=10, what="queue_messages == 10 for the dead hop")
+    assert h["queue_bytes"] > 0
+    assert t0 - 2 <= h["oldest_arrival"] <= time.time()
+    assert h["next_retry"] > time.time()
+    assert h["connections_failed"] >= 1
+    r = d.carrier("stats", "-c", str(d.conf_path))
+    assert key in r.stdout
