@@ -609,9 +609,15 @@ static void smtp_done(void *arg, const struct smtp_client_result *res)
 		track_job(g, r->key, res->addr, first);
 	}
 	/* Each destination that failed before MAIL is a failed connection. */
-	for (size_t k = 0; k < res->n_attempts; k++)
+	for (size_t k = 0; k < res->n_attempts; k++) {
 		counters_conn_out_failed(g->m->d->ctr, g->hop_ctr, res->attempts[k].reason,
 					 now_s());
+		/* smtp_client words its TLS failures "TLS <policy>: <why>". */
+		if (strncmp(res->attempts[k].reason, "TLS ", 4) == 0)
+			counters_out_tls(g->hop_ctr, false);
+	}
+	if (res->tls[0])
+		counters_out_tls(g->hop_ctr, true);
 	for (size_t k = 0; k < g->job_n && k < res->n_rcpts; k++) {
 		struct rstate *rs = &g->m->rs[g->job_idx[k]];
 		const struct smtp_client_rcpt_result *rr = &res->rcpts[k];
