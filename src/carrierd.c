@@ -933,8 +933,10 @@ static void start_optional(struct daemon *d)
 	d->dns = dns_new(d->base, d->conf, d->log, err, sizeof err);
 	if (d->dns == NULL)
 		evlog_emit(d->log, EV_DNS_INIT_FAILED, EVF_S("reason", err));
-	else
+	else {
 		dns_set_counters(d->dns, counters_block(d->ctr));
+		dns_set_timeout(d->dns, d->conf->dns_timeout * 1000);
+	}
 	if (d->conf->track_path[0]) {
 		d->track = track_new(d->conf->track_path, (d->conf->track_retention + 86399) / 86400,
 				     d->log, err, sizeof err);

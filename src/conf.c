@@ -112,6 +112,7 @@ static const struct conf_key conf_keys[] = {
 
 	{ "dns", "forwarder", CT_STRING, OFF(dns_forwarder), "", 0, 0, "empty for the resolvers of resolv_conf, or ADDRESS@PORT of a forwarder such as 127.0.0.1@5353" },
 	{ "dns", "resolv_conf", CT_PATH, OFF(dns_resolv_conf), "/etc/resolv.conf", 0, 0, "a resolv.conf path" },
+	{ "dns", "timeout", CT_DURATION, OFF(dns_timeout), "10s", 1, 300, "a duration from 1s to 5m" },
 
 	{ "tls", "cert", CT_PATH, OFF(tls_cert), "", 0, 0, "a PEM certificate file (leaf first, may hold the chain), or empty for no TLS" },
 	{ "tls", "key", CT_PATH, OFF(tls_key), "", 0, 0, "the PEM private key file of tls.cert" },

@@ -134,6 +134,7 @@ struct carrier_conf {
 	/* [dns] */
 	char *dns_forwarder;            /* "" = resolv.conf; "127.0.0.1@5353" */
 	char *dns_resolv_conf;
+	unsigned dns_timeout;           /* seconds per lookup */
 
 	/* [tls] inbound certificates and policy */
 	char *tls_cert;                 /* "" = no TLS */
