@@ -26,6 +26,7 @@ import os
 import pathlib
 import random
 import re
+import shutil
 import signal
 import smtplib
 import socket
@@ -36,7 +37,7 @@ import time
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 
-from conftest import Daemon, make_tempdir  # noqa: E402
+from conftest import CARRIERD, Daemon, make_tempdir  # noqa: E402
 from faultlib import give_to_carrier, spool_qids  # noqa: E402
 
 MSGID = re.compile(rb"^Message-ID: <([^>]+)@crash\.test>", re.M | re.I)
@@ -154,7 +155,7 @@ def ready_count(d):
 
 def start(d, timeout=20):
     before = ready_count(d)
-    d.start(wait_ready=False)
+    d.start(wait_ready=False, argv=[str(d.private_bin), "-f", "-c", str(d.conf_path)])
     deadline = time.time() + timeout
     while time.time() < deadline:
         if d.proc.poll() is not None:
@@ -195,6 +196,9 @@ def main():
     d = Daemon(make_tempdir("carrier-crash-"), extra_conf=conf)
     d.maildir.mkdir()
     give_to_carrier(d.maildir)
+    # A private copy: others may rebuild build/carrierd during a long run.
+    d.private_bin = d.dir / "carrierd"
+    shutil.copy2(CARRIERD, d.private_bin)
     print(f"crashtest: seed {args.seed}, {args.kills} kills, {args.clients} clients, "
           f"next hops: Maildir{' + 2 SMTP sinks' if remote else ' only (no delivery runner)'}; "
           f"dir {d.dir}", flush=True)

@@ -283,3 +283,51 @@ def test_next_hop_stalled_mid_data(make_daemon):
     finally:
         sink.stop()
         staller.close()
+
+
+def test_dns_server_killed(make_daemon):
+    """The DNS server dies: mail for MX-routed domains defers with an
+    event; explicit routes and the Maildir go on."""
+    from dnsserver import DNSServer
+    from sink import Sink
+    sink = Sink().start()
+    dns = DNSServer(["relay.example. 300 IN MX 10 host.example.",
+                     "host.example. 300 IN A 127.0.0.1",
+                     "relay2.example. 300 IN MX 10 host2.example.",
+                     "host2.example. 300 IN A 127.0.0.1"])
+    dns.start()
+    try:
+        d = mail_daemon(make_daemon,
+                        "[delivery]\nretry_schedule = 30s\nconnect_timeout = 2s\n"
+                        f"[dns]\nforwarder = {dns.forwarder}\n"
+                        f"[route dns.test]\nvia = smtp:relay.example:{sink.port}\n"
+                        f"[route dns2.test]\nvia = smtp:relay2.example:{sink.port}\n"
+                        f"[route ok.test]\nvia = smtp:[127.0.0.1]:{sink.port}\n")
+        try:
+            d.wait_event("DELIVERY_INDEX_READY", timeout=5)
+        except AssertionError:
+            pytest.skip("carrierd does not run the delivery runner")
+        import smtplib
+        s = smtplib.SMTP("127.0.0.1", d.port, timeout=10)
+        s.sendmail("a@sender.example", ["first@dns.test"], "Subject: dns up\r\n\r\nx\r\n")
+        s.quit()
+        sink.wait(1, timeout=10)                 # through DNS while it is up
+        dns.stop()             # (relay.example stays in the cache; relay2 was never asked)
+        s = smtplib.SMTP("127.0.0.1", d.port, timeout=10)
+        s.sendmail("a@sender.example", ["second@dns2.test"], "Subject: dns down\r\n\r\nx\r\n")
+        s.sendmail("a@sender.example", ["direct@ok.test"], "Subject: direct\r\n\r\nx\r\n")
+        s.quit()
+        assert deliver(d, "local-without-dns")
+        sink.wait(2, timeout=10)                 # the explicit route still delivers
+        assert any("direct@ok.test" in str(t["rcpts"]) for t in sink.transactions)
+        deadline = time.time() + 30
+        ev = []
+        while time.time() < deadline and not ev:
+            ev = [e for e in d.events("DELIVERY_DEFERRED") if "second@dns2.test" in e["msg"]]
+            time.sleep(0.2)
+        assert ev, [e["event"] for e in d.events()]
+        assert not any("second@dns2.test" in str(t["rcpts"]) for t in sink.transactions)
+        assert_clean_stop(d)
+    finally:
+        sink.stop()
+        dns.stop()
