@@ -299,7 +299,7 @@ def test_dns_server_killed(make_daemon):
     try:
         d = mail_daemon(make_daemon,
                         "[delivery]\nretry_schedule = 30s\nconnect_timeout = 2s\n"
-                        f"[dns]\nforwarder = {dns.forwarder}\n"
+                        f"[dns]\nforwarder = {dns.forwarder}\ntimeout = 2s\n"
                         f"[route dns.test]\nvia = smtp:relay.example:{sink.port}\n"
                         f"[route dns2.test]\nvia = smtp:relay2.example:{sink.port}\n"
                         f"[route ok.test]\nvia = smtp:[127.0.0.1]:{sink.port}\n")
