@@ -19,6 +19,21 @@
  * tried in the same attempt.  Then the results: DELIVERED; FAILED (5xx, or
  * the queue lifetime ran out); DEFERRED with the next attempt from sched.
  *
+ * Per next hop (the route's key): concurrency grows with the backlog up to
+ * max_connections; max_rate spaces message starts (a token bucket of one
+ * token: over the rate a message waits in the hop's queue, no attempt
+ * counted).  When every destination of a hop fails before MAIL with only
+ * temporary results, the hop is down until its own retry time (the retry
+ * schedule by its consecutive failures, DELIVERY_HOP_DOWN): messages for it
+ * skip it (failover to a dearer route still happens) and, with no route
+ * left, wait until then without an attempt or a spool write
+ * (DELIVERY_POSTPONED); when it is due one message probes it (concurrency
+ * 1 until a session reaches MAIL, DELIVERY_HOP_UP).  delivery_kick (queue
+ * flush) and delivery_kick_qid (retry, release) wake a down hop at once.
+ * Each indexed message is counted in the queue gauges of the hop of its
+ * earliest pending recipient after its last attempt (queue_messages,
+ * queue_bytes, oldest_arrival; not before its first attempt).
+ *
  * Notifications (dsn): a failure report for the recipients that failed in
  * this pass (NOTIFY permitting), a delay warning once, and with
  * NOTIFY=SUCCESS a success report ("delivered" for Maildir, "relayed" for
