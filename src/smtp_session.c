@@ -34,10 +34,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "hdrscan.h"
 #include "policy.h"
 #include "sasl.h"
 #include "smtp_parse.h"
 #include "smtp_sec.h"
+#include "smtp_trace.h"
 #include "spool.h"
 #include "track.h"
 
@@ -48,9 +50,6 @@
 #define RCPT_FOR_MAX 900u             /* longest address put in "for <>" */
 #define ADDR_MAX (SMTP_PARSE_PATH_CAP + 1 + SMTP_PARSE_DOMAIN_MAX + 1)
 
-
-/* BDAT header scanner states besides "n chars of received: matched". */
-enum { HS_BODY = -1, HS_SKIP = 100, HS_BOL_CR = 101 };
 
 struct smtp_txn {
 	struct spool_msg *msg;        /* NULL without a spool or after a failure */
@@ -75,8 +74,7 @@ struct smtp_txn {
 	uint64_t bdat_total;
 	uint64_t chunk_left;
 	bool chunk_last;
-	unsigned bdat_received;
-	int hdr_state;
+	struct hdrscan hdr;           /* DATA output and BDAT chunks */
 	char qid[SPOOL_QID_SIZE];
 	char fail_reason[160];
 };
@@ -223,7 +221,7 @@ static void txn_track(struct smtp_session *s, const char *qid, uint64_t size)
 	char tls[160];
 	struct track_received r = {
 		.qid = qid, .client = s->addr, .helo = s->helo ? s->helo : "",
-		.size = size, .msgid = "", .sender = t->sender,
+		.size = size, .msgid = hdrscan_msgid(&t->hdr), .sender = t->sender,
 		.rcpts = (const char *const *)t->rcpts, .n_rcpts = t->n_kept,
 		.tls = smtp_sec_track_tls(s, tls, sizeof tls), .auth = smtp_sec_login(s),
 	};
@@ -659,6 +657,7 @@ static void cmd_data(struct smtp_session *s)
 
 static void skip_chunk(struct smtp_session *s, uint64_t size)
 {
+	smtp_trace_data(s, size);
 	s->skip = size;
 	if (size > 0)
 		s->mode = SMTP_MODE_SKIP;
@@ -678,7 +677,7 @@ static void bdat_chunk_done(struct smtp_session *s)
 		reply(s, 250, "2.0.0", "%llu octets received",
 		      (unsigned long long)t->bdat_total);
 	} else {
-		txn_finish(s, "BDAT", t->bdat_received);
+		txn_finish(s, "BDAT", hdrscan_received(&t->hdr));
 	}
 }
 
@@ -697,7 +696,6 @@ static void cmd_bdat(struct smtp_session *s, const struct smtp_parse_command *cm
 	}
 	if (!t->bdat) {
 		t->bdat = true;
-		t->hdr_state = 0;
 		txn_add_received(s);
 	}
 	if (cmd->bdat_size > t->max_size || t->bdat_total + cmd->bdat_size > t->max_size) {
@@ -708,6 +706,7 @@ static void cmd_bdat(struct smtp_session *s, const struct smtp_parse_command *cm
 	}
 	t->chunk_left = cmd->bdat_size;
 	t->chunk_last = cmd->bdat_last;
+	smtp_trace_data(s, cmd->bdat_size);
 	if (t->chunk_left == 0)
 		bdat_chunk_done(s);
 	else
@@ -827,6 +826,7 @@ static bool input_command(struct smtp_session *s, struct evbuffer *in)
 	line = evbuffer_pullup(in, (ssize_t)len);
 	if (line == NULL)
 		return false;
+	smtp_trace_command(s, (const char *)line, len);
 	session_command(s, (const char *)line, len);
 	if (max == SASL_LINE_MAX)
 		explicit_bzero(line, len);   /* an initial response holds a password */
@@ -855,6 +855,7 @@ static void data_end(struct smtp_session *s, enum smtp_parse_result res)
 	struct smtp_parse_status st;
 
 	s->mode = SMTP_MODE_COMMAND;
+	smtp_trace_data(s, smtp_parse_data_size(&t->data));
 	if (res != SMTP_PARSE_OK) {
 		if (res == SMTP_PARSE_BARE_LF)
 			evlog_emit(s->srv->log, EV_SMTP_IN_BARE_LINE_END, EVF_S("client", s->addr));
@@ -878,6 +879,7 @@ static bool input_data(struct smtp_session *s, struct evbuffer *in)
 		res = smtp_parse_data_feed(&t->data, v.iov_base, v.iov_len, &used,
 					   out, sizeof out, &n);
 		txn_append(s, out, n);
+		hdrscan_feed(&t->hdr, out, n);
 		if (t->msg != NULL && smtp_parse_data_error(&t->data) != SMTP_PARSE_OK)
 			spool_msg_abort(&t->msg);   /* refused anyway: free the disk now */
 		evbuffer_drain(in, used);
@@ -889,36 +891,8 @@ static bool input_data(struct smtp_session *s, struct evbuffer *in)
 	return false;
 }
 
-/* Counts "Received:" header lines of a BDAT message (DATA has the
- * parser's count). */
-static void bdat_scan(struct smtp_txn *t, const unsigned char *p, size_t n)
-{
-	static const char word[] = "received:";
-
-	for (size_t i = 0; i < n && t->hdr_state != HS_BODY; i++) {
-		unsigned char c = p[i];
-
-		if (c == '\n') {
-			t->hdr_state = (t->hdr_state == 0 || t->hdr_state == HS_BOL_CR) ? HS_BODY : 0;
-		} else if (t->hdr_state == 0 && c == '\r') {
-			t->hdr_state = HS_BOL_CR;
-		} else if (t->hdr_state >= 0 && t->hdr_state < 9) {
-			if ((c | 0x20) == (unsigned char)word[t->hdr_state] ||
-			    (c == ':' && word[t->hdr_state] == ':')) {
-				if (++t->hdr_state == 9) {
-					if (t->bdat_received < UINT32_MAX)
-						t->bdat_received++;
-					t->hdr_state = HS_SKIP;
-				}
-			} else {
-				t->hdr_state = HS_SKIP;
-			}
-		} else if (t->hdr_state == HS_BOL_CR) {
-			t->hdr_state = HS_SKIP;
-		}
-	}
-}
-
+/* The header scanner counts a BDAT message's Received: fields (DATA has
+ * the parser's count, by the same rules). */
 static bool input_bdat(struct smtp_session *s, struct evbuffer *in)
 {
 	struct smtp_txn *t = s->txn;
@@ -927,7 +901,7 @@ static bool input_bdat(struct smtp_session *s, struct evbuffer *in)
 
 	while (t->chunk_left > 0 && evbuffer_peek(in, -1, NULL, &v, 1) > 0 && v.iov_len > 0) {
 		n = v.iov_len < t->chunk_left ? v.iov_len : (size_t)t->chunk_left;
-		bdat_scan(t, v.iov_base, n);
+		hdrscan_feed(&t->hdr, v.iov_base, n);
 		txn_append(s, v.iov_base, n);
 		evbuffer_drain(in, n);
 		t->chunk_left -= n;
@@ -1028,6 +1002,7 @@ static void session_process(struct smtp_session *s)
 			more = false;
 			break;
 		case SMTP_MODE_AUTH:
+			smtp_trace_auth(s, in);
 			more = smtp_sec_input(s, in);
 			break;
 		default:   /* COMMIT, CLOSING, AUTH_DELAY: wait */
@@ -1269,6 +1244,7 @@ void smtp_session_set_callbacks(struct smtp_session *s)
 {
 	bufferevent_setcb(s->bev, read_cb, write_cb, event_cb, s);
 	bufferevent_enable(s->bev, EV_WRITE);
+	smtp_trace_session(s);
 }
 
 void smtp_session_end(struct smtp_session *s, const char *reason)

@@ -34,6 +34,7 @@ struct smtp_sec;
 struct tls;
 struct passwd_db;
 struct auth_limiter;
+struct smtp_trace;
 
 /* A client address, IPv4-mapped IPv6 folded to IPv4. */
 union smtp_peer {
@@ -60,6 +61,7 @@ struct smtp_server {
 	struct tls *tls;                   /* NULL: no certificate, no TLS */
 	struct passwd_db *passwd;          /* NULL: AUTH not offered */
 	struct auth_limiter *auth_fails;   /* failed AUTH per client address */
+	struct smtp_trace *trace;          /* protocol trace (smtp_trace.h), NULL = none */
 };
 
 /* The client's greeting (struct smtp_session.greeted). */
