@@ -25,6 +25,7 @@ static const struct cli_cmd cli_cmds[] = {
 	{ "stats", cli_stats_main, "print the counters: connections, messages, queue, spool, DNS, next hops (--json)" },
 	{ "top", cli_top_main, "live view of the next hops: queue, age, failures, rates" },
 	{ "queue", cli_queue_main, "list, summarize, show, hold, release, delete, retry, flush and bounce queued mail" },
+	{ "trace", cli_trace_main, "trace a peer's SMTP sessions: every command and reply, live (AUTH data redacted)" },
 	{ "track", cli_track_main, "tell messages' stories from the tracking log (by queue ID, Message-ID, sender, recipient, time)" },
 	{ "passwd", cli_passwd_main, "manage the SMTP AUTH password file: add, del, list users (yescrypt hashes)" },
 	{ "send", cli_send_main, "submit a message read from stdin (like sendmail; -t reads recipients from the headers)" },

@@ -44,6 +44,7 @@
 #include "passwd.h"
 #include "route.h"
 #include "smtp_server.h"
+#include "smtp_trace.h"
 #include "spool.h"
 #include "tls.h"
 #include "track.h"
@@ -73,6 +74,7 @@ struct daemon {
 	struct control *control;
 	struct control_auth auth;
 	struct smtp_server *smtp;
+	struct smtp_trace *trace;       /* `carrier trace`; NULL on OOM */
 	struct delivery *delivery;
 	struct metrics *metrics;
 	struct route_table *routes;
@@ -712,6 +714,14 @@ static void ctl_stop(void *arg, const struct control_call *call, struct control_
 	begin_stop(d, "carrier stop");
 }
 
+/* trace [ADDRESS [SECONDS] | off [ADDRESS]]: the SMTP protocol trace. */
+static void ctl_trace(void *arg, const struct control_call *call, struct control_reply *rep)
+{
+	struct daemon *d = arg;
+
+	smtp_trace_control(d->trace, call, rep, d->drop_privileges ? d->run_uid : geteuid());
+}
+
 /* Delivery for the queue commands (retry, release, flush, bounce). */
 static void qctl_kick(void *arg, const char *qid)
 {
@@ -730,6 +740,7 @@ static const struct control_command ctl_commands[] = {
 	{ "status", "status", ctl_status },
 	{ "log-level", "log-level [CATEGORY LEVEL]", ctl_log_level },
 	{ "reload", "reload", ctl_reload },
+	{ "trace", "trace [ADDRESS [SECONDS] | off [ADDRESS]]", ctl_trace },
 };
 
 static const struct control_handlers ctl_handlers = {
@@ -981,6 +992,7 @@ static int start_serving(struct daemon *d, int *fds)
 	if (d->smtp == NULL)
 		return loop_fail(d, err);
 	smtp_server_set_track(d->smtp, d->track);
+	d->trace = smtp_trace_new(d->smtp);
 	smtp_server_set_tls(d->smtp, d->tls);
 	smtp_server_set_passwd(d->smtp, d->passwd);
 	d->tls = NULL;
@@ -1063,6 +1075,7 @@ static void shutdown_daemon(struct daemon *d)
 	long uptime = (long)(time(NULL) - d->started);
 
 	stop_listeners(d);
+	smtp_trace_free(&d->trace);
 	smtp_server_free(&d->smtp);
 	tls_unref(&d->tls);
 	passwd_db_free(&d->passwd);

@@ -32,5 +32,6 @@ int cli_track_main(int argc, char **argv);     /* cli_track.c */
 int cli_passwd_main(int argc, char **argv);    /* cli_passwd.c */
 int cli_queue_main(int argc, char **argv);     /* cli_queue.c */
 int cli_stop_main(int argc, char **argv);      /* cli_queue.c */
+int cli_trace_main(int argc, char **argv);     /* cli_trace.c */
 
 #endif
