@@ -136,7 +136,10 @@ const char *smtp_trace_format(char *buf, size_t size, const char *line, size_t l
 		size_t before = at;
 
 		if (c < 0x20 || c == 0x7f || c == '\\') {
-			snprintf(hex, sizeof hex, c == '\\' ? "\\\\" : "\\x%02x", c);
+			if (c == '\\')
+				snprintf(hex, sizeof hex, "\\\\");
+			else
+				snprintf(hex, sizeof hex, "\\x%02x", c);
 			at = put(buf, at, room, hex);
 		} else if (at < room) {
 			buf[at++] = (char)c;

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from conftest import CARRIER
+from test_tls_auth import pki  # noqa: F401  (fixture)
 
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 BODY_MARK = "body-line-that-must-not-be-traced"
@@ -146,3 +147,37 @@ def test_cli_stops_at_expiry(daemon):
     r = daemon.carrier("trace", "-c", str(daemon.conf_path), "127.0.0.1", "1", timeout=15)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "trace of 127.0.0.1 ended: expired" in r.stdout, r.stdout
+
+
+def test_auth_redacted_and_tls_sessions_traced(make_daemon, pki):
+    """After STARTTLS (a new bufferevent) the trace goes on; AUTH keeps
+    only its mechanism, every line of the exchange is <redacted>, and no
+    credential reaches the log in any form."""
+    import base64
+    import smtplib
+    from test_tls_auth import PASSWORD, start_tls_daemon
+
+    t = start_tls_daemon(make_daemon, pki)
+    d = t.d
+    r = d.carrier("trace", "-c", str(d.conf_path), "--no-follow", "127.0.0.1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    plain = base64.b64encode(b"\0alice\0" + PASSWORD.encode()).decode()
+    with t.submission() as s:
+        assert s.docmd("AUTH", "LOGIN")[0] == 334
+        assert s.docmd(base64.b64encode(b"alice").decode())[0] == 334
+        assert s.docmd(base64.b64encode(b"wrong password").decode())[0] == 535
+        assert s.docmd("AUTH", "PLAIN " + plain)[0] == 235
+    deadline = time.time() + 5
+    while time.time() < deadline and not any(l[2].startswith("221") for l in trace_lines(d)):
+        time.sleep(0.05)
+    seq = [(dr, text) for dr, _, text in trace_lines(d)]
+    assert ("OUT", "220 2.0.0 Ready to start TLS") in seq, seq
+    assert ("OUT", "250-AUTH PLAIN LOGIN") in seq, seq     # replies after the TLS switch
+    assert ("IN", "AUTH LOGIN") in seq, seq
+    assert seq.count(("IN", "<redacted>")) == 2, seq
+    assert ("IN", "AUTH PLAIN <redacted>") in seq, seq
+    assert ("OUT", "235 2.7.0 Authentication successful") in seq, seq
+    log = d.json_log.read_text()
+    for secret in (PASSWORD, plain, base64.b64encode(b"wrong password").decode(),
+                   base64.b64encode(b"alice").decode()):
+        assert secret not in log, secret
