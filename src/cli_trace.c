@@ -44,6 +44,7 @@ struct follow {
 	char buf[LINE_MAX_LOG];
 	size_t len;
 	bool skipping;          /* inside an over-long line */
+	bool started;           /* our SMTP_TRACE_STARTED was seen */
 	char peer[64];
 };
 
@@ -136,10 +137,15 @@ static bool follow_line(struct follow *f, const char *line)
 	if (fields == NULL || json_str(line, NULL, "event", event, sizeof event) < 0 ||
 	    strncmp(event, "SMTP_TRACE_", 11) != 0)
 		return false;
-	if (strcmp(event, "SMTP_TRACE_ENDED") == 0) {
+	if (strcmp(event, "SMTP_TRACE_STARTED") == 0 || strcmp(event, "SMTP_TRACE_ENDED") == 0) {
 		if (json_str(line, fields, "peer", client, sizeof client) < 0 ||
 		    strcmp(client, f->peer) != 0)
 			return false;
+		/* The end of a trace this one replaced comes before its start. */
+		if (event[11] == 'S' || !f->started) {
+			f->started = f->started || event[11] == 'S';
+			return false;
+		}
 		if (json_str(line, fields, "reason", text, sizeof text) < 0)
 			snprintf(text, sizeof text, "?");
 		printf("trace of %s ended: %s\n", f->peer, text);

@@ -181,3 +181,16 @@ def test_auth_redacted_and_tls_sessions_traced(make_daemon, pki):
     for secret in (PASSWORD, plain, base64.b64encode(b"wrong password").decode(),
                    base64.b64encode(b"alice").decode()):
         assert secret not in log, secret
+
+
+def test_cli_replacing_a_trace_follows_the_new_one(daemon):
+    """The old trace's end (replaced) is logged before the new start: the
+    follower must not take it for the end of its own trace."""
+    assert daemon.carrier("trace", "-c", str(daemon.conf_path), "--no-follow",
+                          "127.0.0.1", "600").returncode == 0
+    r = daemon.carrier("trace", "-c", str(daemon.conf_path), "127.0.0.1", "1", timeout=15)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "replaced" not in r.stdout, r.stdout
+    assert "trace of 127.0.0.1 ended: expired" in r.stdout, r.stdout
+    reasons = [e["fields"]["reason"] for e in daemon.events("SMTP_TRACE_ENDED")]
+    assert reasons[:1] == ["replaced by a new trace"], reasons
