@@ -274,6 +274,15 @@ def main():
         bad = True
     if unexplained:
         print(f"duplicates without a kill between the copies: {unexplained[:20]}")
+        evs = d.events()
+        for m in unexplained[:5]:
+            qid = re.search(r"queued as (\w+)", acked.get(m, ("", ""))[1])
+            ts = sorted(times.get(m, []))
+            print(f"  {m} {acked.get(m, ('?',))[0]} copies at {ts}")
+            if qid:
+                for e in evs:
+                    if qid.group(1) in e.get("msg", ""):
+                        print(f"    {e.get('time', '')} {e['event']}: {e.get('msg', '')[:200]}")
     if crashes:
         print("carrierd crashed:\n" + "\n".join(crashes[:10]))
         bad = True
