@@ -830,6 +830,27 @@ static void thread_wait(struct spool *sp)
 	}
 }
 
+/* A queue of only results and removals waits up to SPOOL_RESULT_HOLD_US
+ * for a message to commit with (or a full batch, or stopping); sp->mu is
+ * held. */
+static void hold_results(struct spool *sp)
+{
+	struct timespec until;
+
+	if (sp->n_msgs_queued > 0 || sp->stopping || sp->reopen_wanted)
+		return;
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_nsec += SPOOL_RESULT_HOLD_US * 1000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	while (sp->n_msgs_queued == 0 && !sp->stopping &&
+	       sp->n_queued < sp->opts.max_batch)
+		if (pthread_cond_timedwait(&sp->cv, &sp->mu, &until) == ETIMEDOUT)
+			break;
+}
+
 static void *spool_thread_main(void *arg)
 {
 	struct spool *sp = arg;
@@ -848,6 +869,7 @@ static void *spool_thread_main(void *arg)
 		}
 		if (sp->head == NULL)
 			break;
+		hold_results(sp);
 		if (sp->opts.commit_delay_us > 0 && !sp->stopping) {
 			pthread_mutex_unlock(&sp->mu);
 			usleep(sp->opts.commit_delay_us);
@@ -856,9 +878,11 @@ static void *spool_thread_main(void *arg)
 		batch = sp->head;
 		pp = &sp->head;
 		while (*pp != NULL && n < sp->opts.max_batch) {
+			sp->n_msgs_queued -= (*pp)->msg != NULL;
 			pp = &(*pp)->next;
 			n++;
 		}
+		sp->n_queued -= n;
 		sp->head = *pp;
 		*pp = NULL;
 		if (sp->head == NULL)
@@ -882,6 +906,8 @@ static int enqueue(struct spool *sp, struct pending *p, char *err, size_t errlen
 	}
 	*sp->tail = p;
 	sp->tail = &p->next;
+	sp->n_queued++;
+	sp->n_msgs_queued += p->msg != NULL;
 	pthread_cond_signal(&sp->cv);
 	pthread_mutex_unlock(&sp->mu);
 	return 0;

@@ -17,6 +17,14 @@
 #include "spool.h"
 
 #define MAX_STR (64 * 1024)
+/*
+ * How long the spool thread holds a queue of only recipient results and
+ * removals before committing it alone.  They acknowledge nothing to a
+ * client: losing them in a crash repeats a delivery (the documented
+ * duplicate window), so they wait for the next message commit to ride
+ * along with, for at most this long.
+ */
+#define SPOOL_RESULT_HOLD_US 10000
 #define ERRLEN 256
 
 struct pending;
@@ -41,6 +49,7 @@ struct spool {
 	pthread_mutex_t mu;        /* queue, stopping, stats, reopen_* */
 	pthread_cond_t cv;         /* CLOCK_MONOTONIC */
 	struct pending *head, **tail;
+	size_t n_queued, n_msgs_queued; /* in head..tail; messages of them */
 	bool stopping, thread_started;
 	pthread_t thread;
 	struct spool_stats stats;
