@@ -1044,33 +1044,54 @@ static void txn_start(struct sc_conn *conn)
  * 2 * n + 2); returns the length. */
 static size_t body_stuff(struct sc_job *job, const char *in, size_t n, char *out)
 {
-	size_t o = 0;
+	size_t o = 0, i = 0;
 
-	for (size_t i = 0; i < n; i++) {
+	while (i < n) {
 		char ch = in[i];
+		const char *nl, *cr;
+		size_t end;
 
 		if (job->cr) {
 			job->cr = false;
 			out[o++] = '\r';
 			out[o++] = '\n';
 			job->bol = true;
-			if (ch == '\n')
+			if (ch == '\n') {
+				i++;
 				continue;
+			}
 		}
 		if (ch == '\r') {
-			job->cr = true;
+			if (i + 1 < n && in[i + 1] == '\n') {
+				out[o++] = '\r';
+				out[o++] = '\n';
+				job->bol = true;
+				i += 2;
+			} else {
+				job->cr = true;
+				i++;
+			}
 			continue;
 		}
 		if (ch == '\n') {
 			out[o++] = '\r';
 			out[o++] = '\n';
 			job->bol = true;
+			i++;
 			continue;
 		}
 		if (job->bol && ch == '.')
 			out[o++] = '.';
 		job->bol = false;
-		out[o++] = ch;
+		/* the rest of the line up to its CR or LF, copied whole */
+		nl = memchr(in + i, '\n', n - i);
+		end = nl != NULL ? (size_t)(nl - in) : n;
+		cr = memchr(in + i, '\r', end - i);
+		if (cr != NULL)
+			end = (size_t)(cr - in);
+		memcpy(out + o, in + i, end - i);
+		o += end - i;
+		i = end;
 	}
 	return o;
 }
