@@ -476,6 +476,13 @@ static void accept_error_cb(struct evconnlistener *l, void *arg)
 	int err = EVUTIL_SOCKET_ERROR();
 
 	if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+		const char *name = "?";
+
+		for (size_t i = 0; i < d->n_listeners; i++)
+			if (d->listeners[i] == l)
+				name = d->conf->listen[i].text;
+		evlog_emit(d->log, EV_CORE_ACCEPT_PAUSED, EVF_S("listen", name),
+			   EVF_S("reason", strerror(err)), EVF_I("seconds", tv.tv_sec));
 		evconnlistener_disable(l);
 		event_base_once(d->base, -1, EV_TIMEOUT, listener_resume_cb, l, &tv);
 	}

@@ -82,6 +82,10 @@ def test_fd_exhaustion_ulimit_64(make_daemon):
     # daemon is alive.
     assert 0 < greeted < 100, (greeted, refused)
     assert d.proc.poll() is None, d.stderr()[-3000:]
+    # The pause is an event that names the listener and the cause.
+    paused = d.wait_event("CORE_ACCEPT_PAUSED", timeout=5)
+    assert paused[0]["fields"]["listen"] == f"127.0.0.1:{d.port}"
+    assert "Too many open files" in paused[0]["fields"]["reason"]
     for s in socks:
         s.close()
     # Service resumes (the listener pauses for a second on EMFILE).
