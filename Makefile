@@ -52,7 +52,7 @@ all: $(B)/carrierd $(B)/carrier
 
 # ---- normal build ------------------------------------------------------
 $(B)/obj/%.o: src/%.c $(wildcard src/*.h) src/events.def | $(B)/obj
-	$(CC) $(BASE_CFLAGS) $(GCC_WARN) $(CFLAGS) -MMD -c -o $@ $<
+	$(CC) $(BASE_CFLAGS) $(GCC_WARN) $(CFLAGS) -MMD -MP -c -o $@ $<
 
 $(B)/libcarrier.a: $(call lib_objs,$(B))
 	rm -f $@ && ar rcs $@ $^

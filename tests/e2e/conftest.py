@@ -24,10 +24,21 @@ CARRIERD = BUILD / "carrierd"
 CARRIER = BUILD / "carrier"
 
 
+_ports_given = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never one this test run handed out before:
+    the kernel may offer a just-closed port again, and two listeners of one
+    daemon (or a daemon and its sink) must not get the same one."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ports_given:
+            _ports_given.add(port)
+            return port
+    raise RuntimeError("no fresh loopback port")
 
 
 def make_tempdir(prefix="carrier-e2e-"):
