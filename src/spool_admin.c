@@ -14,39 +14,6 @@
 #include "spool_int.h"
 #include "spool_record.h"
 
-static int foreach_all(struct spool *sp, spool_env_fn *cb, void *arg,
-		       char *err, size_t errlen)
-{
-	struct spool_badlist bad = { 0 };
-	MDB_txn *txn;
-	MDB_cursor *cur;
-	MDB_val k, v;
-	int rc, stop = 0;
-
-	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
-	if (rc == 0 && (rc = mdb_cursor_open(txn, sp->db_env, &cur)) != 0)
-		mdb_txn_abort(txn);
-	if (rc != 0) {
-		seterr(err, errlen, "reading spool %s: %s", sp->path, mdb_strerror(rc));
-		return -1;
-	}
-	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && stop == 0;
-	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
-		struct spool_envelope *env = NULL;
-		char why[ERRLEN];
-
-		if (spool_read_decode_env(&k, &v, &env, why, sizeof why) < 0)
-			spool_read_bad_add(&bad, &k, why);
-		else
-			stop = cb(arg, env);
-		spool_envelope_free(&env);
-	}
-	mdb_cursor_close(cur);
-	mdb_txn_abort(txn);
-	spool_read_bad_flush(sp, &bad);
-	return stop;
-}
-
 /* Like the other readers, under the environment lock: a reopen after
  * MDB_PANIC must never pull the environment from under a walk. */
 int spool_foreach(struct spool *sp, spool_env_fn *cb, void *arg,
@@ -56,7 +23,7 @@ int spool_foreach(struct spool *sp, spool_env_fn *cb, void *arg,
 
 	if (spool_env_enter(sp, err, errlen) < 0)
 		return -1;
-	rc = foreach_all(sp, cb, arg, err, errlen);
+	rc = spool_read_walk(sp, false, cb, arg, err, errlen);
 	spool_env_leave(sp);
 	return rc;
 }

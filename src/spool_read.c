@@ -243,8 +243,8 @@ int spool_foreach_quarantined(struct spool *sp, spool_quarantine_fn *cb,
 
 /* ---- reading and updating --------------------------------------------- */
 
-static int foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
-			   char *err, size_t errlen)
+int spool_read_walk(struct spool *sp, bool pending_only, spool_env_fn *cb, void *arg,
+		    char *err, size_t errlen)
 {
 	struct spool_badlist bad = { 0 };
 	MDB_txn *txn;
@@ -267,7 +267,7 @@ static int foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
 
 		if (spool_read_decode_env(&k, &v, &env, why, sizeof why) < 0)
 			spool_read_bad_add(&bad, &k, why);
-		else if (!env->held && spool_env_pending(env))
+		else if (!pending_only || (!env->held && spool_env_pending(env)))
 			stop = cb(arg, env);
 		spool_envelope_free(&env);
 	}
@@ -284,7 +284,7 @@ int spool_foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
 
 	if (spool_env_enter(sp, err, errlen) < 0)
 		return -1;
-	rc = foreach_pending(sp, cb, arg, err, errlen);
+	rc = spool_read_walk(sp, true, cb, arg, err, errlen);
 	spool_env_leave(sp);
 	return rc;
 }
