@@ -221,7 +221,8 @@ class Session(asyncio.Protocol):
             "size": len(body),
             "time": time.time(),
         }
-        t["data"] = body if self.o.keep_data else b""
+        keep = self.o.keep_data      # True, False, or a byte count (the head)
+        t["data"] = body if keep is True else body[:keep] if keep else b""
         self.rec.add(t)
         self.reset()
 
@@ -341,6 +342,13 @@ class Sink:
     def transactions(self):
         with self.rec.lock:
             return list(self.rec.transactions)
+
+    def take(self):
+        """The transactions recorded since the last take, forgotten here
+        (a long run would otherwise keep every one in memory)."""
+        with self.rec.lock:
+            out, self.rec.transactions = self.rec.transactions, []
+            return out
 
     @property
     def connections(self):
