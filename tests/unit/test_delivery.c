@@ -37,11 +37,6 @@ struct fx {
 	struct delivery *d;
 };
 
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(p);
-}
-
 static void fx_conf(struct fx *f, const char *delivery_extra)
 {
 	char text[4096];
@@ -104,7 +99,7 @@ static void fx_free(struct fx *f)
 	conf_free(&f->conf);
 	evlog_free(&f->log);
 	event_base_free(f->base);
-	nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
+	test_rmtree(f->dir);
 	free(f);
 }
 

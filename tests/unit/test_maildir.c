@@ -26,34 +26,15 @@
 #include "maildir.h"
 #include "spool.h"
 
-struct fixture {
-	char dir[64];
-	char root[128];
-};
-
 static int setup(void **state)
 {
-	struct fixture *f = calloc(1, sizeof *f);
-
-	assert_non_null(f);
-	snprintf(f->dir, sizeof f->dir, "/tmp/carrier-maildir-XXXXXX");
-	assert_non_null(mkdtemp(f->dir));
-	snprintf(f->root, sizeof f->root, "%s/mail", f->dir);
-	*state = f;
+	*state = test_dir_new("maildir", "mail");
 	return 0;
-}
-
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(p);
 }
 
 static int teardown(void **state)
 {
-	struct fixture *f = *state;
-
-	nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-	free(f);
+	test_dir_free(*state);
 	return 0;
 }
 
@@ -102,18 +83,18 @@ static enum maildir_result deliver_mem(const char *root, const char *lp, const c
 
 static void test_deliver_one_file(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	char path[1024], err[512] = "", dir[512];
 	struct stat st;
 	char *got;
 
-	assert_int_equal(deliver_mem(f->root, "Bob", "Subject: hi\r\n\r\nline 1\r\nbare\rcr\r\n",
+	assert_int_equal(deliver_mem(f->path, "Bob", "Subject: hi\r\n\r\nline 1\r\nbare\rcr\r\n",
 				     path, sizeof path, err, sizeof err), MAILDIR_OK);
 	assert_string_equal(err, "");
-	assert_int_equal(count_in(f->root, "bob", "new"), 1);
-	assert_int_equal(count_in(f->root, "bob", "tmp"), 0);
-	assert_int_equal(count_in(f->root, "bob", "cur"), 0);
-	snprintf(dir, sizeof dir, "%s/bob/new/", f->root);
+	assert_int_equal(count_in(f->path, "bob", "new"), 1);
+	assert_int_equal(count_in(f->path, "bob", "tmp"), 0);
+	assert_int_equal(count_in(f->path, "bob", "cur"), 0);
+	snprintf(dir, sizeof dir, "%s/bob/new/", f->path);
 	assert_contains(path, dir);
 	/* The unique name: time.M<usec>P<pid>Q<seq>.host */
 	assert_contains(path, ".M");
@@ -126,19 +107,19 @@ static void test_deliver_one_file(void **state)
 	free(got);
 	assert_int_equal(stat(path, &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0600);
-	snprintf(dir, sizeof dir, "%s/bob", f->root);
+	snprintf(dir, sizeof dir, "%s/bob", f->path);
 	assert_int_equal(stat(dir, &st), 0);
 	assert_int_equal(st.st_mode & 0777, 0700);
 
 	/* A second delivery with the same seq gets its own file. */
-	assert_int_equal(deliver_mem(f->root, "bob", "x\r\n", path, sizeof path, err, sizeof err),
+	assert_int_equal(deliver_mem(f->path, "bob", "x\r\n", path, sizeof path, err, sizeof err),
 			 MAILDIR_OK);
-	assert_int_equal(count_in(f->root, "bob", "new"), 2);
+	assert_int_equal(count_in(f->path, "bob", "new"), 2);
 }
 
 static void test_deliver_from_fd(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	char src[256], path[1024], err[512] = "";
 	size_t size = 300 * 1000, off = 0;
 	char *body = malloc(size), *want, *got;
@@ -157,7 +138,7 @@ static void test_deliver_from_fd(void **state)
 	assert_int_equal(lseek(fd, 5, SEEK_SET), 5);
 	m.fd = fd;
 	m.size = size;
-	assert_int_equal(maildir_deliver(f->root, &m, path, sizeof path, err, sizeof err),
+	assert_int_equal(maildir_deliver(f->path, &m, path, sizeof path, err, sizeof err),
 			 MAILDIR_OK);
 	assert_int_equal(lseek(fd, 0, SEEK_CUR), 5);   /* offset left alone */
 	close(fd);
@@ -180,67 +161,67 @@ static void test_deliver_from_fd(void **state)
 	fd = open(src, O_RDONLY);
 	m.fd = fd;
 	m.size = size + 10;
-	assert_int_equal(maildir_deliver(f->root, &m, path, sizeof path, err, sizeof err),
+	assert_int_equal(maildir_deliver(f->path, &m, path, sizeof path, err, sizeof err),
 			 MAILDIR_TEMP);
 	assert_contains(err, "shorter than its size");
 	close(fd);
-	assert_int_equal(count_in(f->root, "carol", "new"), 1);
-	assert_int_equal(count_in(f->root, "carol", "tmp"), 0);
+	assert_int_equal(count_in(f->path, "carol", "new"), 1);
+	assert_int_equal(count_in(f->path, "carol", "tmp"), 0);
 }
 
 static void test_symlinks_refused(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	char path[1024], err[512], p[512], elsewhere[512];
 
 	snprintf(elsewhere, sizeof elsewhere, "%s/elsewhere", f->dir);
 	assert_int_equal(mkdir(elsewhere, 0700), 0);
-	assert_int_equal(mkdir(f->root, 0700), 0);
+	assert_int_equal(mkdir(f->path, 0700), 0);
 
 	/* The user directory itself is a symlink. */
-	snprintf(p, sizeof p, "%s/eve", f->root);
+	snprintf(p, sizeof p, "%s/eve", f->path);
 	assert_int_equal(symlink(elsewhere, p), 0);
-	assert_int_equal(deliver_mem(f->root, "eve", "x\r\n", path, sizeof path, err, sizeof err),
+	assert_int_equal(deliver_mem(f->path, "eve", "x\r\n", path, sizeof path, err, sizeof err),
 			 MAILDIR_PERM);
 	assert_contains(err, "symbolic link");
 	assert_int_equal(count_files(elsewhere, NULL, 0), 0);
 
 	/* tmp/ is a symlink. */
-	snprintf(p, sizeof p, "%s/bob", f->root);
+	snprintf(p, sizeof p, "%s/bob", f->path);
 	assert_int_equal(mkdir(p, 0700), 0);
-	snprintf(p, sizeof p, "%s/bob/tmp", f->root);
+	snprintf(p, sizeof p, "%s/bob/tmp", f->path);
 	assert_int_equal(symlink(elsewhere, p), 0);
-	assert_int_equal(deliver_mem(f->root, "bob", "x\r\n", path, sizeof path, err, sizeof err),
+	assert_int_equal(deliver_mem(f->path, "bob", "x\r\n", path, sizeof path, err, sizeof err),
 			 MAILDIR_PERM);
 	assert_contains(err, "bob/tmp: is a symbolic link");
 	assert_int_equal(count_files(elsewhere, NULL, 0), 0);
 
 	/* new/ is a symlink: the file never leaves tmp/ and is removed. */
-	snprintf(p, sizeof p, "%s/dan", f->root);
+	snprintf(p, sizeof p, "%s/dan", f->path);
 	assert_int_equal(mkdir(p, 0700), 0);
-	snprintf(p, sizeof p, "%s/dan/new", f->root);
+	snprintf(p, sizeof p, "%s/dan/new", f->path);
 	assert_int_equal(symlink(elsewhere, p), 0);
-	assert_int_equal(deliver_mem(f->root, "dan", "x\r\n", path, sizeof path, err, sizeof err),
+	assert_int_equal(deliver_mem(f->path, "dan", "x\r\n", path, sizeof path, err, sizeof err),
 			 MAILDIR_PERM);
 	assert_int_equal(count_files(elsewhere, NULL, 0), 0);
 
 	/* A file where the mailbox directory belongs. */
-	snprintf(p, sizeof p, "%s/fay", f->root);
+	snprintf(p, sizeof p, "%s/fay", f->path);
 	close(open(p, O_WRONLY | O_CREAT, 0600));
-	assert_int_equal(deliver_mem(f->root, "fay", "x\r\n", path, sizeof path, err, sizeof err),
+	assert_int_equal(deliver_mem(f->path, "fay", "x\r\n", path, sizeof path, err, sizeof err),
 			 MAILDIR_PERM);
 	assert_contains(err, "is not a directory");
 }
 
 static void test_bad_localparts(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	static const char *bad[] = { "", ".", "..", ".hidden", "a/b", "../etc", "a\nb",
 				     "\"\"", "\"../x\"", "\"a/b\"" };
 	char path[1024], err[512], out[MAILDIR_LOCALPART_MAX + 1], lng[300];
 
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-		if (deliver_mem(f->root, bad[i], "x\r\n", path, sizeof path, err, sizeof err) !=
+		if (deliver_mem(f->path, bad[i], "x\r\n", path, sizeof path, err, sizeof err) !=
 		    MAILDIR_PERM)
 			fail_msg("local part \"%s\": got not PERM, want PERM", bad[i]);
 	}
@@ -278,7 +259,7 @@ static void test_errno_mapping(void **state)
 
 static void test_root_problems_are_temporary(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	char path[1024], err[512], root[256];
 
 	/* The root is a file: configuration, so mail waits. */
@@ -288,14 +269,14 @@ static void test_root_problems_are_temporary(void **state)
 			 MAILDIR_TEMP);
 	assert_contains(err, "Maildir root");
 	/* A missing root is created (one level). */
-	assert_int_equal(deliver_mem(f->root, "bob", "x\r\n", path, sizeof path, err, sizeof err),
+	assert_int_equal(deliver_mem(f->path, "bob", "x\r\n", path, sizeof path, err, sizeof err),
 			 MAILDIR_OK);
 }
 
 /* A real full disk: a 64 KiB tmpfs in a private mount namespace (root). */
 static void test_enospc_tmpfs(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	pid_t pid;
 	int status;
 
@@ -310,20 +291,20 @@ static void test_enospc_tmpfs(void **state)
 
 		if (unshare(CLONE_NEWNS) < 0 ||
 		    mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
-		    mkdir(f->root, 0700) < 0 ||
-		    mount("tmpfs", f->root, "tmpfs", 0, "size=64k,mode=0700") < 0)
+		    mkdir(f->path, 0700) < 0 ||
+		    mount("tmpfs", f->path, "tmpfs", 0, "size=64k,mode=0700") < 0)
 			_exit(77);
 		memset(body, 'x', size);
 		body[size] = '\0';
-		r = deliver_mem(f->root, "bob", body, path, sizeof path, err, sizeof err);
+		r = deliver_mem(f->path, "bob", body, path, sizeof path, err, sizeof err);
 		if (r != MAILDIR_TEMP)
 			_exit(10 + (int)r);
 		if (strstr(err, "No space left") == NULL)
 			_exit(20);
-		if (count_in(f->root, "bob", "tmp") != 0 || count_in(f->root, "bob", "new") != 0)
+		if (count_in(f->path, "bob", "tmp") != 0 || count_in(f->path, "bob", "new") != 0)
 			_exit(21);
 		/* A small message still fits afterwards. */
-		if (deliver_mem(f->root, "bob", "small\r\n", path, sizeof path, err, sizeof err) !=
+		if (deliver_mem(f->path, "bob", "small\r\n", path, sizeof path, err, sizeof err) !=
 		    MAILDIR_OK)
 			_exit(22);
 		_exit(0);

@@ -28,6 +28,8 @@
 
 #include <cmocka.h>
 
+#include "test_util.h"
+
 #include "evlog.h"
 #include "spool.h"
 #include "spool_record.h"
@@ -55,34 +57,15 @@ ssize_t pwrite(int fd, const void *buf, size_t n, off_t off)
 	return (ssize_t)syscall(SYS_pwrite64, fd, buf, n, off);
 }
 
-struct fixture {
-	char dir[64];
-	char path[96];
-};
-
 static int setup(void **state)
 {
-	struct fixture *f = calloc(1, sizeof *f);
-
-	assert_non_null(f);
-	snprintf(f->dir, sizeof f->dir, "/tmp/carrier-spool-XXXXXX");
-	assert_non_null(mkdtemp(f->dir));
-	snprintf(f->path, sizeof f->path, "%s/spool", f->dir);
-	*state = f;
+	*state = test_dir_new("spool", "spool");
 	return 0;
-}
-
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(p);
 }
 
 static int teardown(void **state)
 {
-	struct fixture *f = *state;
-
-	nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-	free(f);
+	test_dir_free(*state);
 	return 0;
 }
 
@@ -203,7 +186,7 @@ static void test_record_damage_detected(void **state)
 
 static void test_round_trip(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path, 0);
 	struct spool_envelope *env = NULL;
 	char err[256] = "", qid[SPOOL_QID_SIZE];
@@ -263,7 +246,7 @@ static void test_round_trip(void **state)
 
 static void test_large_body_spills(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path, 0);   /* default inline_max 64 KiB */
 	size_t size = 3 * 1024 * 1024 + 17;
 	struct spool_msg *m = make_msg(sp, 1, size);
@@ -288,7 +271,7 @@ static void test_large_body_spills(void **state)
 
 static void test_abort_removes_partial(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path, 1024);
 	struct spool_msg *m = make_msg(sp, 2, 5000);
 	char p[256];
@@ -305,7 +288,7 @@ static void test_abort_removes_partial(void **state)
 
 static void test_refused_before_queueing(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path, 1024);
 	struct spool_msg *m = make_msg(sp, 0, 5000);
 	char err[256] = "";
@@ -363,7 +346,7 @@ static void raw_flip(const char *path, const char *dbname, const char *key, size
 
 static void test_version(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	char err[512] = "";
 	unsigned found = 77;
 	struct stat st;
@@ -400,7 +383,7 @@ static void test_version(void **state)
 
 static void test_version_empty_dir(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	char err[256] = "";
 	unsigned found = 5;
 
@@ -468,7 +451,7 @@ static void gc_submit(evutil_socket_t fd, short what, void *arg)
 
 static void test_group_commit(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct gc_state s = { .want = 200, .order_ok = true };
 	struct spool *sp = open_spool(f->path, 4096);
 	struct spool_stats st;
@@ -530,7 +513,7 @@ static int collect_quarantined(void *arg, const char *qid, const char *reason, i
 
 static void test_corrupt_quarantined(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path, 1024);
 	char err[512] = "", qid[5][SPOOL_QID_SIZE], p[256];
 	struct spool_envelope *env = NULL;
@@ -584,7 +567,7 @@ static void test_corrupt_quarantined(void **state)
 
 static void test_reopen_update_remove(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path, 1024);
 	char err[512] = "", qid[10][SPOOL_QID_SIZE], next[SPOOL_QID_SIZE], p[256];
 	struct spool_envelope *env = NULL;
@@ -635,7 +618,7 @@ static void test_reopen_update_remove(void **state)
 
 static void test_orphans_swept(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path, 1024);
 	char p1[256], p2[256], q[SPOOL_QID_SIZE];
 	struct stat sb;
@@ -677,7 +660,7 @@ static struct spool *open_spool_log(const char *path, size_t inline_max, struct 
  * too) in one txn, and leaves pending and half-done ones alone. */
 static void test_final_swept(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct evlog *log = evlog_new("test_spool");
 	struct spool *sp = open_spool_log(f->path, 1024, log);
 	struct spool_envelope *env = NULL;
@@ -785,7 +768,7 @@ static int count_body_files(const char *path)
  * go on, and the last durable commit is intact. */
 static void test_panic_reopens(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct evlog *log = evlog_new("test_spool");
 	struct spool *sp = open_spool_log(f->path, 1024, log);
 	struct spool_envelope *env = NULL;
@@ -840,7 +823,7 @@ static void test_panic_reopens(void **state)
  * retries with a backoff until it succeeds. */
 static void test_panic_reopen_retries(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct evlog *log = evlog_new("test_spool");
 	struct spool *sp = open_spool_log(f->path, 1024, log);
 	struct spool_envelope *env = NULL;
@@ -879,7 +862,7 @@ static void test_panic_reopen_retries(void **state)
 
 static void test_in_use_refused(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path, 0);
 	char err[512] = "";
 
@@ -929,7 +912,7 @@ static int count_dir(const char *path)
  * failure); the others in its batch still commit; the spool goes on. */
 static void test_map_full_isolated(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct fail_state s = { .want = 3 };
 	struct spool_opts o;
 	struct spool_envelope *env = NULL;
@@ -979,7 +962,7 @@ static void test_map_full_isolated(void **state)
 /* Too little space: temp failure with a reason, the spilled body removed. */
 static void test_no_space_removes_body(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool_opts o;
 	char err[512] = "", p[256];
 	struct spool *sp;
@@ -1001,7 +984,7 @@ static void test_no_space_removes_body(void **state)
 /* Opened as root, chowned, then used after setuid (root only). */
 static void test_chown_then_drop_privileges(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	pid_t pid;
 	int status;
 
@@ -1041,7 +1024,7 @@ static void test_chown_then_drop_privileges(void **state)
  * there, complete, after reopening; partial bodies are swept. */
 static void test_kill9_loses_nothing_acked(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	char qid[SPOOL_QID_SIZE], err[512] = "", p[256];
 	struct spool_envelope *env = NULL;
 	struct spool *sp;
@@ -1132,7 +1115,7 @@ static void chg_done(void *arg, int rc, const char *qid, const char *err)
 
 static void test_async_update_remove(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path, 1024);
 	struct chg_state s = { 0 };
 	struct spool_stats st0, st;
@@ -1194,7 +1177,7 @@ static void test_async_update_remove(void **state)
 
 static void test_space_check(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path, 0);
 	char err[512] = "";
 
@@ -1212,7 +1195,7 @@ static void test_space_check(void **state)
 
 static void test_qids_unique_sorted(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path, 0);
 	char prev[SPOOL_QID_SIZE] = "", cur[SPOOL_QID_SIZE];
 

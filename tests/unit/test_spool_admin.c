@@ -18,36 +18,19 @@
 
 #include <cmocka.h>
 
-#include "spool.h"
+#include "test_util.h"
 
-struct fixture {
-	char dir[64];
-	char path[96];
-};
+#include "spool.h"
 
 static int setup(void **state)
 {
-	struct fixture *f = calloc(1, sizeof *f);
-
-	assert_non_null(f);
-	snprintf(f->dir, sizeof f->dir, "/tmp/carrier-spadm-XXXXXX");
-	assert_non_null(mkdtemp(f->dir));
-	snprintf(f->path, sizeof f->path, "%s/spool", f->dir);
-	*state = f;
+	*state = test_dir_new("spadm", "spool");
 	return 0;
-}
-
-static int rm_cb(const char *p, const struct stat *st, int flag, struct FTW *ftw)
-{
-	return remove(p);
 }
 
 static int teardown(void **state)
 {
-	struct fixture *f = *state;
-
-	nftw(f->dir, rm_cb, 16, FTW_DEPTH | FTW_PHYS);
-	free(f);
+	test_dir_free(*state);
 	return 0;
 }
 
@@ -132,7 +115,7 @@ static int admin1(struct spool *sp, enum spool_admin_op op, const char *qid, int
 
 static void test_hold_release_survives_reopen(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path);
 	char q1[SPOOL_QID_SIZE], q2[SPOOL_QID_SIZE];
 	struct spool_envelope *env = NULL;
@@ -183,7 +166,7 @@ static void test_hold_release_survives_reopen(void **state)
 
 static void test_retry_fail_delete(void **state)
 {
-	struct fixture *f = *state;
+	struct test_dir *f = *state;
 	struct spool *sp = open_spool(f->path);
 	char q1[SPOOL_QID_SIZE], q2[SPOOL_QID_SIZE], bodyfile[256];
 	struct spool_envelope *env = NULL;
