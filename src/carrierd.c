@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/file.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -565,6 +566,57 @@ static bool restart_key_changed(const struct carrier_conf *a, const struct carri
 	return what[0] != '\0';
 }
 
+/* Descriptors besides the SMTP sessions: listeners, the spool, the event
+ * and tracking logs, control and metrics clients, Maildir files being
+ * written.  Outbound deliveries come on top (max_deliveries). */
+#define FD_RESERVE 64
+/* A soft limit carrierd never raises itself beyond: an "unlimited" or huge
+ * hard limit does not make a million sessions sensible. */
+#define FD_LIMIT_CAP 1048576
+
+static long long rlim_int(rlim_t v)
+{
+	return v == RLIM_INFINITY ? -1 : (long long)v;
+}
+
+/* Warns when the open files limit is too low for the connection limits:
+ * past it, accept() fails and the listener pauses (CORE_ACCEPT_PAUSED). */
+static void fd_limit_check(struct daemon *d, const struct carrier_conf *c)
+{
+	struct rlimit rl;
+	unsigned long long reserve = FD_RESERVE + (unsigned long long)c->max_deliveries;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur == RLIM_INFINITY)
+		return;
+	if ((unsigned long long)rl.rlim_cur < c->max_connections + reserve)
+		evlog_emit(d->log, EV_CORE_FD_LIMIT_LOW, EVF_I("limit", rl.rlim_cur),
+			   EVF_I("max", c->max_connections), EVF_I("reserve", reserve));
+}
+
+/* What a server is expected to do: raise the soft limit on open files to
+ * the hard one (systemd's default soft limit is 1024, far below
+ * smtp.max_connections). */
+static void raise_fd_limit(struct daemon *d)
+{
+	struct rlimit rl;
+	rlim_t was, want;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+		return;
+	was = rl.rlim_cur;
+	want = rl.rlim_max;
+	if (want == RLIM_INFINITY || want > FD_LIMIT_CAP)
+		want = FD_LIMIT_CAP;
+	if (was != RLIM_INFINITY && was < want) {
+		rl.rlim_cur = want;
+		if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+			rl.rlim_cur = was;
+	}
+	evlog_emit(d->log, EV_CORE_FD_LIMIT, EVF_I("limit", rlim_int(rl.rlim_cur)),
+		   EVF_I("was", rlim_int(was)), EVF_I("hard", rlim_int(rl.rlim_max)));
+	fd_limit_check(d, d->conf);
+}
+
 /* Certificates and passwords are re-read on every reload; a failure keeps
  * the ones in use (sessions keep their own SSL objects either way). */
 static void reload_tls_auth(struct daemon *d, const struct carrier_conf *nc)
@@ -629,6 +681,7 @@ static size_t reload(struct daemon *d)
 	 * the modules holding them copied what they needed at start. */
 	conf_free(&old);
 	evlog_emit(d->log, EV_CORE_RELOADED, EVF_S("config", d->conf->path));
+	fd_limit_check(d, d->conf);
 	return 0;
 }
 
@@ -1036,6 +1089,7 @@ static int startup(struct daemon *d)
 
 	evlog_emit(d->log, EV_CORE_STARTING, EVF_S("version", CARRIER_VERSION),
 		   EVF_I("pid", getpid()), EVF_S("config", d->conf->path));
+	raise_fd_limit(d);
 	if ((rc = resolve_user(d)) != 0)
 		return rc;
 	if ((rc = diag_run_startup(d->conf, DIAG_F_MODIFY, d->log, NULL)) != 0)
