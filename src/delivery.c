@@ -1035,13 +1035,53 @@ static void msg_start(struct dmsg *m)
 
 /* ---- results, notifications, records ---------------------------------------- */
 
+/* What a result's spool callback may reach of the runner: it can arrive
+ * after delivery_free (delivery.h), which clears d.  Loop thread only. */
+struct rec_home {
+	struct delivery *d;
+	size_t refs;              /* the runner's + one per rec in flight */
+};
+
 struct rec {
 	struct evlog *log;
+	struct rec_home *home;
 	char qid[SPOOL_QID_SIZE];
 	char rcpt[256];
 	const char *result;
 	bool remove;
 };
+
+static void rec_home_put(struct rec_home **hp)
+{
+	if (*hp != NULL && --(*hp)->refs == 0)
+		free(*hp);
+	*hp = NULL;
+}
+
+static void rec_free(struct rec *r)
+{
+	if (r == NULL)
+		return;
+	rec_home_put(&r->home);
+	free(r);
+}
+
+/* The removal of a finished message failed (a spool write error; the
+ * results queued with it failed too, or are moot): msg_record already
+ * dropped it from the index, and without this it would wait for the next
+ * walk of the spool (RESCAN_SECS) or a restart.  Put it back: it is
+ * attempted again after the first retry step, at most ERROR_RETRY (a
+ * recipient already delivered may get a second copy, as
+ * DELIVERY_RECORD_FAILED says; never a lost one). */
+static void rec_retry(struct delivery *d, const char *qid)
+{
+	int64_t delay = schedule_delay(&d->cfg.pol, 0, &d->rnd);
+
+	if (delay > ERROR_RETRY)
+		delay = ERROR_RETRY;
+	if (index_add(d, qid, now_s() + delay))
+		pump(d);
+}
 
 static void rec_done(void *arg, int rc, const char *qid, const char *err)
 {
@@ -1055,7 +1095,9 @@ static void rec_done(void *arg, int rc, const char *qid, const char *err)
 		evlog_emit(r->log, EV_DELIVERY_RECORD_FAILED, EVF_S("qid", r->qid),
 			   EVF_S("rcpt", r->rcpt), EVF_S("result", r->result),
 			   EVF_S("reason", err ? err : "?"));
-	free(r);
+	if (r->remove && rc < 0 && r->home->d != NULL)
+		rec_retry(r->home->d, r->qid);
+	rec_free(r);
 }
 
 static struct rec *rec_new(struct delivery *d, const char *qid, const char *rcpt,
@@ -1066,6 +1108,8 @@ static struct rec *rec_new(struct delivery *d, const char *qid, const char *rcpt
 	if (r == NULL)
 		return NULL;
 	r->log = d->log;
+	r->home = d->rhome;
+	r->home->refs++;
 	snprintf(r->qid, sizeof r->qid, "%s", qid);
 	snprintf(r->rcpt, sizeof r->rcpt, "%s", rcpt ? rcpt : "");
 	r->result = result;
@@ -1233,7 +1277,7 @@ static void msg_record(struct dmsg *m)
 		    spool_rcpt_update_async(d->spool, env->qid, i, r->fin, reply,
 					    r->fin == SPOOL_RCPT_DEFERRED ? r->next : 0,
 					    d->base, rec_done, rc, err, sizeof err) < 0) {
-			free(rc);
+			rec_free(rc);
 			evlog_emit(d->log, EV_DELIVERY_RECORD_FAILED, EVF_S("qid", env->qid),
 				   EVF_S("rcpt", sr->addr), EVF_S("result", state_name(r->fin)),
 				   EVF_S("reason", err));
@@ -1257,7 +1301,7 @@ static void msg_record(struct dmsg *m)
 		snprintf(err, sizeof err, "out of memory");
 		if (rc == NULL || spool_remove_async(d->spool, env->qid, d->base, rec_done, rc,
 						     err, sizeof err) < 0) {
-			free(rc);
+			rec_free(rc);
 			evlog_emit(d->log, EV_DELIVERY_SPOOL_FAILED, EVF_S("reason", err));
 		}
 		index_forget(d, env->qid);
@@ -1649,6 +1693,10 @@ static void delivery_destroy(struct delivery *d)
 	}
 	d->stop = true;
 	gauges(d, 0, 0);
+	/* Results still queued to the spool no longer reach the runner. */
+	if (d->rhome != NULL)
+		d->rhome->d = NULL;
+	rec_home_put(&d->rhome);
 	/* Dropping the client drops its jobs without their callbacks. */
 	smtp_client_free(&d->client);
 	if (d->done_ev)
@@ -1710,10 +1758,12 @@ struct delivery *delivery_new(struct event_base *base, const struct carrier_conf
 	clock_gettime(CLOCK_REALTIME, &ts);
 	schedule_rand_seed(&d->rnd, (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^
 				 (uint64_t)getpid());
-	if (dcfg_init(&d->cfg, conf) < 0) {
+	if (dcfg_init(&d->cfg, conf) < 0 || (d->rhome = calloc(1, sizeof *d->rhome)) == NULL) {
 		snprintf(err, errlen, "delivery: out of memory");
 		goto fail;
 	}
+	d->rhome->d = d;
+	d->rhome->refs = 1;
 	smtp_client_opts_from_conf(&o, conf);
 	if ((d->client = smtp_client_new(base, &o, log, err, errlen)) == NULL)
 		goto fail;

@@ -49,7 +49,9 @@
  * commit and before the results' commit repeats the attempt after the
  * restart: at worst a duplicate delivery and a duplicate bounce, never a
  * lost one.  A Maildir or SMTP delivery that succeeded just before a crash
- * is likewise repeated (RFC 1047 duplicates, as every MTA).
+ * is likewise repeated (RFC 1047 duplicates, as every MTA).  So is one
+ * whose results' commit fails (a spool write error): the message is
+ * attempted again after the first retry_schedule step, at most a minute.
  *
  * The delay-warning flag: the spool has no per-recipient flag for it, so a
  * recipient warned about carries DELIVERY_WARNED_MARK at the end of its

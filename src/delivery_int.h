@@ -234,6 +234,7 @@ struct delivery {
 
 	struct delivery_stats st;
 	int64_t pub_active, pub_waiting;  /* queue gauges as published */
+	struct rec_home *rhome;           /* reached by results' spool callbacks */
 };
 
 /* ---- the worker (delivery_work.c) ------------------------------------- */
