@@ -687,6 +687,10 @@ static size_t write_batch(struct spool *sp, struct pending *list)
 	/* After a fatal error every later txn fails: the whole batch gets
 	 * its temporary failure now and the thread reopens the environment. */
 	fatal = sp->env == NULL || spool_env_failed(sp, rc);
+	if (n_ok > 1 && !fatal)
+		/* Said out loud: an EIO here is the disk's first warning. */
+		evlog_emit(sp->log, EV_SPOOL_COMMIT_RETRIED, EVF_S("path", sp->path),
+			   EVF_I("entries", n_ok), EVF_S("reason", mdb_reason(sp, rc, why, sizeof why)));
 	for (struct pending *p = list; p; p = p->next) {
 		if (p->rc != 0)
 			continue;

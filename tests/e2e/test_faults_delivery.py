@@ -43,7 +43,8 @@ exactly that call (FAULT_AT=n) and the test asserts:
 
 What the spool does: a failed data-page write or fdatasync of a batch of
 several entries (results + removal) is redone at once, each entry alone
-(fresh page writes + fdatasync + meta page; "redone", silent); a batch of
+(fresh page writes + fdatasync + meta page; "redone", with the warning
+SPOOL_COMMIT_RETRIED); a batch of
 one (the report's commit) fails.  A failed meta-page write makes LMDB
 refuse every transaction (MDB_PANIC): the batch fails, the spool reopens
 itself (SPOOL_REOPENED), and the runner, told by the failed removal, puts
@@ -273,6 +274,11 @@ def fault_run(sink, new_daemon, kind, point, err):
         tries = [j for j, x in enumerate(names) if x == (attempt, q1)]
         assert len(tries) >= 2 and tries[1] < removed_at, \
             f"{where}: removed without a new attempt after the failed commit: {names}"
+    if not failed_commit and got in ("result", "bounce result"):
+        # A redone group commit is said out loud (the disk's first warning).
+        retried = d.events("SPOOL_COMMIT_RETRIED")
+        assert retried and retried[0]["fields"]["entries"] >= 2, \
+            f"{where}: the group commit was redone without SPOOL_COMMIT_RETRIED"
     assert not d.events("SPOOL_QUARANTINED"), where
     # A report whose own removal failed was delivered again.
     times = [e["fields"]["qid"] for e in d.events("DELIVERY_DELIVERED")]
