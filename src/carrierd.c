@@ -9,7 +9,8 @@
  * status (diag.h): carrierd starts, or it says exactly why not.
  *
  * Threads: main's thread runs the event loop; modules start their own
- * workers (the spool's commit thread, the delivery worker).
+ * workers (the spool's commit thread, the delivery worker, the SMTP
+ * server's password verifiers at the first AUTH against a password file).
  */
 #include <errno.h>
 #include <event2/event.h>

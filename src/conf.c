@@ -130,6 +130,8 @@ static const struct conf_key conf_keys[] = {
 	{ "auth", "max_failures", CT_UINT, OFF(auth_max_failures), "5", 1, 1000, "a number from 1 to 1000 (failed AUTH per client address before 421)" },
 	{ "auth", "failure_delay", CT_DURATION, OFF(auth_failure_delay), "2s", 0, 60, "a duration from 0s to 60s before each failure reply" },
 	{ "auth", "failure_window", CT_DURATION, OFF(auth_failure_window), "15m", 1, 86400, "a duration from 1s to 1d for which a failure counts" },
+	{ "auth", "verify_threads", CT_UINT, OFF(auth_verify_threads), "2", 1, 64, "a number from 1 to 64 (threads hashing passwords of passwd_file)" },
+	{ "auth", "verify_queue", CT_UINT, OFF(auth_verify_queue), "64", 1, 100000, "a number from 1 to 100000 (password checks in progress before 454)" },
 };
 
 #define CONF_N_KEYS (sizeof conf_keys / sizeof conf_keys[0])

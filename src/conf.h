@@ -154,6 +154,8 @@ struct carrier_conf {
 	unsigned auth_max_failures;     /* per client address, then 421 */
 	unsigned auth_failure_delay;    /* seconds before each failure reply */
 	unsigned auth_failure_window;   /* seconds a failure is remembered */
+	unsigned auth_verify_threads;   /* password-file hashing threads */
+	unsigned auth_verify_queue;     /* password checks in progress at most */
 
 	/* [route ...] sections, in file order */
 	struct conf_route *routes;

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -26,6 +27,7 @@ struct passwd_ent {
 struct passwd_db {
 	struct passwd_ent *v;
 	size_t n;
+	atomic_uint refs;   /* the loader's, plus one per passwd_db_ref */
 };
 
 /* A fixed yescrypt hash verified for unknown users (of no password anyone
@@ -53,12 +55,19 @@ static int ent_cmp(const void *a, const void *b)
 	return strcmp(((const struct passwd_ent *)a)->user, ((const struct passwd_ent *)b)->user);
 }
 
+struct passwd_db *passwd_db_ref(struct passwd_db *db)
+{
+	if (db != NULL)
+		atomic_fetch_add_explicit(&db->refs, 1, memory_order_relaxed);
+	return db;
+}
+
 void passwd_db_free(struct passwd_db **dbp)
 {
 	struct passwd_db *db = *dbp;
 
 	*dbp = NULL;
-	if (db == NULL)
+	if (db == NULL || atomic_fetch_sub_explicit(&db->refs, 1, memory_order_acq_rel) > 1)
 		return;
 	for (size_t i = 0; i < db->n; i++) {
 		free(db->v[i].user);
@@ -119,6 +128,7 @@ struct passwd_db *passwd_db_load(const char *path, char *err, size_t errlen)
 			fclose(f);
 		return NULL;
 	}
+	atomic_init(&db->refs, 1);
 	while ((r = read_line(f, line, sizeof line)) != 0) {
 		lineno++;
 		if (r < 0) {

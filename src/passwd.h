@@ -10,7 +10,9 @@
  *
  * Must not: log or keep a clear-text password (callers wipe theirs).
  *
- * Threads: a loaded table is read-only and may be shared; verification is
+ * Threads: a loaded table is read-only and may be shared between threads
+ * (the SMTP server's verifier threads check passwords against the table a
+ * reload is replacing); its reference count is atomic.  Verification is
  * CPU-bound (tens of milliseconds for yescrypt) and reentrant.
  */
 #ifndef CARRIER_PASSWD_H
@@ -26,8 +28,14 @@
 struct passwd_db;
 
 /* Reads `path`.  NULL with "FILE:LINE: problem" or "FILE: reason" in err.
- * Free with passwd_db_free. */
+ * The caller holds the one reference; free with passwd_db_free. */
 struct passwd_db *passwd_db_load(const char *path, char *err, size_t errlen);
+
+/* Takes another reference to `db` (may be NULL) and returns it: the table
+ * stays valid until every holder has called passwd_db_free. */
+struct passwd_db *passwd_db_ref(struct passwd_db *db);
+
+/* Drops the caller's reference and clears *dbp; the last one frees. */
 void passwd_db_free(struct passwd_db **dbp);
 
 /* Users in the table. */

@@ -14,8 +14,16 @@
  * 334 challenges; "*" cancels.  A failure is answered after
  * [auth] failure_delay, with reading paused, and the client address's
  * failures are counted in the server's limiter: at max_failures the answer
- * is 421 and the session closes.  Password verification runs on the loop
- * thread (yescrypt: a few tens of milliseconds).
+ * is 421 and the session closes.  A password is checked off the loop
+ * thread, since a yescrypt hash takes tens of milliseconds that every
+ * other session of the loop would wait: against [auth] passwd_file by the
+ * server's verifier threads (verifier.h), or by Dovecot over its socket.
+ * Either way the session keeps a copy of the login, stops reading
+ * (SMTP_MODE_AUTH_DELAY) and goes on from the answer's callback; freeing
+ * the session cancels the check, so no answer reaches a freed session.
+ * Only the verifier's job holds a copy of the password; it is wiped once
+ * hashed or dropped.  A full verifier (verify_queue checks in progress)
+ * answers 454 4.7.0.
  *
  * Threads: the server's loop thread only.
  */
@@ -35,14 +43,15 @@
 
 #include "auth.h"
 #include "dovecot_auth.h"
-#include "passwd.h"
 #include "sasl.h"
 #include "tls.h"
+#include "verifier.h"
 
 struct smtp_sec {
 	struct tls *tls;              /* held while the session's SSL exists */
 	struct event *delay;          /* a failed AUTH's delayed reply */
 	struct dovecot_auth *dovecot; /* a check in progress */
+	struct verifier_job *check;   /* a password-file check in progress */
 	const char *pending_mech;     /* its mechanism (static) */
 	struct sasl_creds creds;      /* the exchange in progress */
 	uint8_t mech;                 /* enum sasl_mech in progress */
@@ -71,6 +80,7 @@ void smtp_sec_free(struct smtp_session *s)
 	if (sec->delay != NULL)
 		event_free(sec->delay);
 	dovecot_auth_cancel(&sec->dovecot);
+	verifier_cancel(&sec->check);
 	tls_unref(&sec->tls);
 	explicit_bzero(sec, sizeof *sec);
 	free(sec);
@@ -288,21 +298,39 @@ static void delay_cb(evutil_socket_t fd, short what, void *arg)
 		smtp_session_resume(s);
 }
 
-static void auth_failed(struct smtp_session *s, const char *mech, const char *user)
+/* Failed AUTH of the client's address within failure_window. */
+static unsigned auth_failures(const struct smtp_session *s)
+{
+	return auth_limiter_failures(s->srv->auth_fails, &s->peer.sa, (int64_t)time(NULL),
+				     s->srv->conf->auth_failure_window);
+}
+
+static void auth_too_many(struct smtp_session *s, unsigned n)
+{
+	evlog_emit(s->srv->log, EV_AUTH_TOO_MANY_FAILURES, EVF_S("client", s->addr),
+		   EVF_I("failures", n));
+	smtp_session_close_after(s, 421, "4.7.0",
+				 "Too many failed authentication attempts, closing transmission channel");
+}
+
+/* A wrong password; `counted` when the attempt was already counted as a
+ * failure (auth_ask_verifier), else it is counted now. */
+static void auth_failed(struct smtp_session *s, const char *mech, const char *user,
+			bool counted)
 {
 	const struct carrier_conf *conf = s->srv->conf;
 	struct smtp_sec *sec = s->sec;
 	struct timeval tv = { (time_t)conf->auth_failure_delay, 0 };
-	unsigned n = auth_limiter_fail(s->srv->auth_fails, &s->peer.sa, (int64_t)time(NULL),
+	unsigned n = counted ? auth_failures(s) :
+		     auth_limiter_fail(s->srv->auth_fails, &s->peer.sa, (int64_t)time(NULL),
 				       conf->auth_failure_window);
 
+	if (n == 0)
+		n = 1;   /* no limiter, or its entry was reused meanwhile */
 	evlog_emit(s->srv->log, EV_AUTH_FAILED, EVF_S("client", s->addr), EVF_S("user", user),
 		   EVF_S("mech", mech), EVF_I("failures", n), EVF_I("max", conf->auth_max_failures));
 	if (n >= conf->auth_max_failures) {
-		evlog_emit(s->srv->log, EV_AUTH_TOO_MANY_FAILURES, EVF_S("client", s->addr),
-			   EVF_I("failures", n));
-		smtp_session_close_after(s, 421, "4.7.0",
-					 "Too many failed authentication attempts, closing transmission channel");
+		auth_too_many(s, n);
 		return;
 	}
 	if (conf->auth_failure_delay == 0 ||
@@ -319,7 +347,8 @@ static void auth_succeeded(struct smtp_session *s, const char *mech, const char 
 	struct smtp_sec *sec = s->sec;
 
 	sec->authed = true;
-	snprintf(sec->login, sizeof sec->login, "%s", user);
+	if (user != sec->login)
+		snprintf(sec->login, sizeof sec->login, "%s", user);
 	auth_limiter_clear(s->srv->auth_fails, &s->peer.sa);
 	evlog_emit(s->srv->log, EV_AUTH_SUCCEEDED, EVF_S("client", s->addr), EVF_S("user", user),
 		   EVF_S("mech", mech));
@@ -338,7 +367,7 @@ static void dovecot_done(void *arg, enum dovecot_auth_result r, const char *user
 	if (r == DOVECOT_AUTH_OK) {
 		auth_succeeded(s, mech, user[0] ? user : sec->login);
 	} else if (r == DOVECOT_AUTH_FAIL) {
-		auth_failed(s, mech, sec->login);
+		auth_failed(s, mech, sec->login, false);
 	} else {
 		evlog_emit(s->srv->log, EV_AUTH_BACKEND_FAILED, EVF_S("client", s->addr),
 			   EVF_S("user", sec->login),
@@ -375,32 +404,86 @@ static void auth_ask_dovecot(struct smtp_session *s, const char *mech)
 	s->mode = SMTP_MODE_AUTH_DELAY;
 }
 
+static void verifier_done(void *arg, bool ok)
+{
+	struct smtp_session *s = arg;
+	struct smtp_sec *sec = s->sec;
+
+	sec->check = NULL;
+	s->mode = SMTP_MODE_COMMAND;
+	if (ok)
+		auth_succeeded(s, sec->pending_mech, sec->login);
+	else
+		auth_failed(s, sec->pending_mech, sec->login, true);
+	if (!sec->authed)
+		sec->login[0] = '\0';
+	if (s->bev != NULL)
+		smtp_session_resume(s);
+}
+
+/*
+ * Hands the password to the verifier threads; the session waits (reading
+ * paused) for verifier_done.  The attempt counts as a failure from now
+ * until it succeeds, and the address's failures are checked again here
+ * (other sessions may have failed since this one's AUTH command): with
+ * checks running side by side, one address still gets no more than
+ * max_failures guesses in the window.
+ */
+static void auth_ask_verifier(struct smtp_session *s, const char *mech)
+{
+	struct smtp_server *srv = s->srv;
+	struct smtp_sec *sec = s->sec;
+	struct verifier *v = NULL;
+	unsigned failures = auth_failures(s);
+	char err[256] = "";
+	bool full = false;
+
+	snprintf(sec->login, sizeof sec->login, "%s", sec->creds.user);
+	sec->pending_mech = mech;
+	if (failures < srv->conf->auth_max_failures &&
+	    (v = smtp_server_verifier(srv, err, sizeof err)) != NULL)
+		sec->check = verifier_submit(v, srv->passwd, sec->creds.user, sec->creds.pass,
+					     srv->conf->auth_verify_queue, verifier_done, s, &full);
+	auth_reset(s);   /* the job has its own copy of the password */
+	if (sec->check != NULL) {
+		auth_limiter_fail(srv->auth_fails, &s->peer.sa, (int64_t)time(NULL),
+				  srv->conf->auth_failure_window);
+		s->mode = SMTP_MODE_AUTH_DELAY;
+		return;
+	}
+	if (failures >= srv->conf->auth_max_failures) {
+		auth_too_many(s, failures);
+	} else {
+		if (full)
+			evlog_emit(srv->log, EV_AUTH_VERIFY_BUSY, EVF_S("client", s->addr),
+				   EVF_S("user", sec->login), EVF_I("pending", verifier_pending(v)));
+		else
+			evlog_emit(srv->log, EV_AUTH_VERIFY_FAILED, EVF_S("client", s->addr),
+				   EVF_S("user", sec->login),
+				   EVF_S("reason", v ? "out of memory" : err));
+		smtp_session_reply(s, 454, "4.7.0", "Temporary authentication failure");
+	}
+	sec->login[0] = '\0';
+}
+
 static void auth_verify(struct smtp_session *s)
 {
 	struct smtp_sec *sec = s->sec;
 	struct sasl_creds *c = &sec->creds;
 	const char *mech = sec->mech == SASL_MECH_PLAIN ? "PLAIN" : "LOGIN";
 	char user[SASL_USER_MAX + 1];
-	bool ok;
 
 	/* No proxy authorization: an authzid, if any, is the user itself. */
 	if (c->authzid[0] != '\0' && strcmp(c->authzid, c->user) != 0) {
 		memcpy(user, c->user, sizeof user);
 		auth_reset(s);
-		auth_failed(s, mech, user);
+		auth_failed(s, mech, user, false);
 		return;
 	}
-	if (s->srv->conf->auth_dovecot_socket[0] != '\0') {
+	if (s->srv->conf->auth_dovecot_socket[0] != '\0')
 		auth_ask_dovecot(s, mech);
-		return;
-	}
-	ok = passwd_db_verify(s->srv->passwd, c->user, c->pass);
-	memcpy(user, c->user, sizeof user);
-	auth_reset(s);
-	if (ok)
-		auth_succeeded(s, mech, user);
 	else
-		auth_failed(s, mech, user);
+		auth_ask_verifier(s, mech);
 }
 
 /* One client response (initial or after a 334). */
@@ -442,12 +525,8 @@ static bool auth_refused(struct smtp_session *s)
 		smtp_session_refuse(s, "AUTH", 503, "5.5.1", "Error: already authenticated");
 	} else if (s->txn != NULL) {
 		smtp_session_refuse(s, "AUTH", 503, "5.5.1", "Error: MAIL transaction in progress");
-	} else if (auth_limiter_failures(s->srv->auth_fails, &s->peer.sa, (int64_t)time(NULL),
-					 conf->auth_failure_window) >= conf->auth_max_failures) {
-		evlog_emit(s->srv->log, EV_AUTH_TOO_MANY_FAILURES, EVF_S("client", s->addr),
-			   EVF_I("failures", conf->auth_max_failures));
-		smtp_session_close_after(s, 421, "4.7.0",
-					 "Too many failed authentication attempts, closing transmission channel");
+	} else if (auth_failures(s) >= conf->auth_max_failures) {
+		auth_too_many(s, conf->auth_max_failures);
 	} else if (sec_get(s) == NULL) {
 		smtp_session_refuse(s, "AUTH", 454, "4.7.0", "Temporary authentication failure");
 	} else {

@@ -3,9 +3,13 @@
  *
  * Owns: the list of sessions, connection accounting (in total and per
  * client address, checked by policy at accept), the host name we announce,
- * the graceful shutdown.  The per-connection engine is smtp_session.c.
+ * the graceful shutdown, the AUTH password table and the verifier threads
+ * that check passwords against it.  The per-connection engine is
+ * smtp_session.c.
  *
- * Threads: every function runs on the thread running the server's base.
+ * Threads: every function runs on the thread running the server's base;
+ * the verifier's workers (verifier.h) hash passwords and hand the answers
+ * back to that thread.
  */
 #include "smtp_server.h"
 
@@ -24,6 +28,7 @@
 #include "policy.h"
 #include "smtp_session.h"
 #include "tls.h"
+#include "verifier.h"
 
 #define IP_BUCKETS 1024u
 
@@ -276,6 +281,7 @@ void smtp_server_free(struct smtp_server **srvp)
 			free(e);
 		}
 	free(srv->ip_table);
+	verifier_free(&srv->verifier);   /* after the sessions: none waits for it */
 	tls_unref(&srv->tls);
 	passwd_db_free(&srv->passwd);
 	auth_limiter_free(&srv->auth_fails);
@@ -306,4 +312,11 @@ void smtp_server_set_passwd(struct smtp_server *srv, struct passwd_db *db)
 	srv->passwd = db;
 	if (db != NULL && srv->auth_fails == NULL)
 		srv->auth_fails = auth_limiter_new();   /* NULL: failures only delayed */
+}
+
+struct verifier *smtp_server_verifier(struct smtp_server *srv, char *err, size_t errlen)
+{
+	if (srv->verifier == NULL)
+		srv->verifier = verifier_new(srv->base, srv->conf->auth_verify_threads, err, errlen);
+	return srv->verifier;
 }

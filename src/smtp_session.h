@@ -35,6 +35,7 @@ struct tls;
 struct passwd_db;
 struct auth_limiter;
 struct smtp_trace;
+struct verifier;
 
 /* A client address, IPv4-mapped IPv6 folded to IPv4. */
 union smtp_peer {
@@ -61,6 +62,7 @@ struct smtp_server {
 	struct tls *tls;                   /* NULL: no certificate, no TLS */
 	struct passwd_db *passwd;          /* NULL: AUTH not offered */
 	struct auth_limiter *auth_fails;   /* failed AUTH per client address */
+	struct verifier *verifier;         /* password-file checks, NULL until the first */
 	struct smtp_trace *trace;          /* protocol trace (smtp_trace.h), NULL = none */
 };
 
@@ -145,6 +147,12 @@ void smtp_session_update_io(struct smtp_session *s);
 void smtp_session_set_callbacks(struct smtp_session *s);
 /* Forgets the client's EHLO and transaction (after the TLS handshake). */
 void smtp_session_reset(struct smtp_session *s);
+
+/* Provided by smtp_server.c: the server's password verifier threads
+ * (verifier.h), started at the first password-file check with [auth]
+ * verify_threads and kept until the server is freed.  NULL with a reason
+ * when they cannot start (the next call tries again). */
+struct verifier *smtp_server_verifier(struct smtp_server *srv, char *err, size_t errlen);
 
 /* Formats `peer` as text ("192.0.2.1", "2001:db8::1"). */
 void smtp_peer_text(const union smtp_peer *peer, char *buf, size_t size);
