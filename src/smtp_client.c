@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/un.h>
+#include <time.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
@@ -108,6 +109,7 @@ struct sc_job {
 	struct event *done_ev;
 	bool finished;
 	bool no_reuse;                   /* a pooled connection was dead */
+	bool plain_retry;                /* may: the next connection skips STARTTLS */
 	enum smtp_client_tls tls;
 	char *tls_ca_file, *tls_name;
 	char tls_text[SMTP_CLIENT_TLS_TEXT_MAX];
@@ -145,6 +147,7 @@ struct sc_conn {
 	/* capabilities */
 	bool esmtp, pipelining, has_size, eightbit, utf8, dsn, starttls;
 	bool tls_on, tls_verified;
+	bool no_starttls;                /* may: the retry after a failed handshake */
 	char tls_text[SMTP_CLIENT_TLS_TEXT_MAX];
 	uint64_t size_max;
 	struct smtp_parse_reply_parser parser;
@@ -156,6 +159,13 @@ struct sc_conn {
 	bool dead;                       /* freed while in_read */
 };
 
+/* An address whose TLS handshake failed under may: plaintext until `until`
+ * (CLOCK_MONOTONIC ms). */
+struct sc_plain {
+	struct smtp_client_dest dest;    /* only addr and addr_len count */
+	uint64_t until;
+};
+
 struct smtp_client {
 	struct event_base *base;
 	struct evlog *log;
@@ -165,6 +175,7 @@ struct smtp_client {
 	struct sc_job *wait_head, *wait_tail;
 	struct smtp_client_stats stats;
 	struct tls_client *tls;          /* made at the first STARTTLS */
+	struct sc_plain plain[SMTP_CLIENT_PLAIN_MAX];
 	char scratch[2 * SC_CHUNK + 8];
 	char inbuf[SC_CHUNK];
 };
@@ -200,6 +211,7 @@ void smtp_client_opts_init(struct smtp_client_opts *o)
 	o->data_ms = 600000;
 	o->idle_ms = 5000;
 	o->max_conns = 20;
+	o->tls_plain_ms = 3600000;
 	snprintf(o->helo_name, sizeof o->helo_name, "localhost");
 }
 
@@ -504,6 +516,8 @@ static struct sc_conn *conn_new(struct sc_job *job,
 	conn->dest = *d;
 	addr_format(d, conn->addr_text, sizeof conn->addr_text);
 	conn->state = SC_CONNECTING;
+	conn->no_starttls = job->plain_retry;
+	job->plain_retry = false;
 	conn->bev = bufferevent_socket_new(c->base, -1,
 					   BEV_OPT_CLOSE_ON_FREE);
 	conn->timer = evtimer_new(c->base, conn_timer_cb, conn);
@@ -1288,6 +1302,50 @@ static bool tls_required(const struct sc_conn *conn)
 	return conn->job != NULL && conn->job->tls >= SMTP_CLIENT_TLS_ENCRYPT;
 }
 
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* True while `d` is remembered as failing the handshake (see plain_add). */
+static bool plain_known(const struct smtp_client *c, const struct smtp_client_dest *d)
+{
+	uint64_t now = now_ms();
+
+	for (size_t i = 0; i < SMTP_CLIENT_PLAIN_MAX; i++)
+		if (c->plain[i].until > now && dest_equal(&c->plain[i].dest, d))
+			return true;
+	return false;
+}
+
+/* Remembers `d` for opts.tls_plain_ms: its entry, else a free or expired
+ * one, else the one that expires first.  The table is fixed: no
+ * allocation, and a flood of broken peers only forgets the oldest. */
+static void plain_add(struct smtp_client *c, const struct smtp_client_dest *d)
+{
+	struct sc_plain *slot = &c->plain[0];
+
+	if (c->opts.tls_plain_ms == 0)
+		return;
+	for (size_t i = 0; i < SMTP_CLIENT_PLAIN_MAX; i++) {
+		struct sc_plain *p = &c->plain[i];
+
+		if (p->until != 0 && dest_equal(&p->dest, d)) {
+			slot = p;
+			break;
+		}
+		if (p->until < slot->until)
+			slot = p;
+	}
+	memset(slot, 0, sizeof *slot);
+	memcpy(&slot->dest.addr, &d->addr, d->addr_len);
+	slot->dest.addr_len = d->addr_len;
+	slot->until = now_ms() + c->opts.tls_plain_ms;
+}
+
 static void tls_fail(struct sc_conn *conn, const char *why, bool polite)
 {
 	char reason[SMTP_CLIENT_TEXT_MAX];
@@ -1301,6 +1359,55 @@ static void tls_fail(struct sc_conn *conn, const char *why, bool polite)
 	conn_fail(conn, reason, polite);
 }
 
+/*
+ * may: the TLS handshake failed (`why`).  Opportunistic TLS promises no
+ * encryption, so, as Postfix does, the same address is tried once more on a
+ * new connection that never sends STARTTLS, and the address is remembered
+ * (plain_add) so the next deliveries skip the failing handshake.  The
+ * failed handshake is recorded as an attempt "TLS may: ..." (the caller's
+ * per-hop counters count it as a TLS failure; the delivery itself has no
+ * TLS).  Frees conn.  Returns false, touching nothing, when it does not
+ * apply (not may, or already the plaintext retry): the caller fails.
+ */
+static bool tls_fallback(struct sc_conn *conn, const char *why)
+{
+	struct sc_job *job = conn->job;
+	struct smtp_client *c = conn->c;
+	struct smtp_client_dest dest = conn->dest;
+	struct smtp_client_attempt *a;
+	char reason[SMTP_CLIENT_TEXT_MAX], err[256];
+
+	if (job == NULL || job->tls != SMTP_CLIENT_TLS_MAY || conn->no_starttls ||
+	    job->mail_sent || job->finished)
+		return false;
+	plain_add(c, &dest);
+	snprintf(reason, sizeof reason, "TLS may: %s; retried in plaintext", why);
+	a = &job->attempts[job->n_attempts++];
+	snprintf(a->host, sizeof a->host, "%s", dest.host);
+	snprintf(a->addr, sizeof a->addr, "%s", conn->addr_text);
+	text_sanitize(a->reason, sizeof a->reason, reason, strlen(reason));
+	evlog_emit(c->log, EV_SMTP_OUT_TLS_PLAINTEXT, EVF_S("qid", job->qid),
+		   EVF_S("host", dest.host[0] ? dest.host : "-"),
+		   EVF_S("addr", conn->addr_text), EVF_S("reason", why),
+		   EVF_I("hold", c->opts.tls_plain_ms / 1000u));
+	job->conn = NULL;
+	conn->job = NULL;
+	conn_free(conn, false);   /* its slot goes to the retry */
+	job->plain_retry = true;
+	if (conn_new(job, &dest, err, sizeof err) != NULL)
+		return true;
+	job->plain_retry = false;
+	a = &job->attempts[job->n_attempts++];
+	snprintf(a->host, sizeof a->host, "%s", dest.host);
+	addr_format(&dest, a->addr, sizeof a->addr);
+	snprintf(a->reason, sizeof a->reason, "%s", err);
+	evlog_emit(c->log, EV_SMTP_OUT_DESTINATION_FAILED, EVF_S("qid", job->qid),
+		   EVF_S("host", dest.host[0] ? dest.host : "-"),
+		   EVF_S("addr", a->addr), EVF_S("reason", err));
+	job_connect_next(job);
+	return true;
+}
+
 /* After EHLO: STARTTLS when the policy wants it.  Returns true when the
  * connection was taken over (STARTTLS sent, or failed). */
 static bool tls_step(struct sc_conn *conn)
@@ -1309,6 +1416,10 @@ static bool tls_step(struct sc_conn *conn)
 
 	if (job == NULL || job->tls == SMTP_CLIENT_TLS_NONE || conn->tls_on ||
 	    conn->mode != SMTP_CLIENT_SMTP || conn->dest.addr_len == 0)
+		return false;
+	/* may, and the handshake failed here lately: plaintext at once. */
+	if (job->tls == SMTP_CLIENT_TLS_MAY &&
+	    (conn->no_starttls || plain_known(conn->c, &conn->dest)))
 		return false;
 	if (!conn->starttls) {
 		if (!tls_required(conn))
@@ -1558,7 +1669,8 @@ static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 			snprintf(reason, sizeof reason, "handshake failed: %s",
 				 (what & BEV_EVENT_EOF) ? "connection closed by the peer" :
 				 strerror(e != 0 ? e : EIO));
-		tls_fail(conn, reason, false);
+		if (!tls_fallback(conn, reason))
+			tls_fail(conn, reason, false);
 		return;
 	}
 	if (what & BEV_EVENT_CONNECTED) {
@@ -1627,6 +1739,8 @@ static void conn_timer_cb(evutil_socket_t fd, short what, void *arg)
 	evlog_emit(conn->c->log, EV_SMTP_OUT_TIMEOUT,
 		   EVF_S("host", conn->dest.host[0] ? conn->dest.host : "-"),
 		   EVF_S("addr", conn->addr_text), EVF_S("stage", state_name(conn->state)));
+	if (conn->state == SC_HANDSHAKE && tls_fallback(conn, reason))
+		return;
 	conn_fail(conn, reason, false);
 }
 
@@ -1767,7 +1881,8 @@ int smtp_client_submit(struct smtp_client *c, const struct smtp_client_job *j,
 	job->decided = calloc(j->n_rcpts, sizeof *job->decided);
 	job->accepted = calloc(j->n_rcpts, sizeof *job->accepted);
 	job->dests = calloc(j->n_dests, sizeof *job->dests);
-	job->attempts = calloc(j->n_dests, sizeof *job->attempts);
+	/* Each destination may fail twice: a may handshake, then plaintext. */
+	job->attempts = calloc(2 * j->n_dests, sizeof *job->attempts);
 	job->done_ev = event_new(c->base, -1, 0, job_done_cb, job);
 	oom |= job->rcpts == NULL || job->res == NULL || job->decided == NULL ||
 	       job->accepted == NULL || job->dests == NULL ||

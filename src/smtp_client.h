@@ -85,8 +85,16 @@
  *    `tls_name` (NULL: the destination's host).  A required-TLS failure
  *    (no STARTTLS, refused, handshake failed, certificate not verified)
  *    fails that destination -- the next one is tried, never plaintext --
- *    and every recipient is TEMP when none is left.  With may, a failed
- *    handshake fails that destination too.  Data pipelined by the peer
+ *    and every recipient is TEMP when none is left.  With may, a reply
+ *    other than 220 (and 421) to STARTTLS goes on in plaintext on the same
+ *    connection (RFC 3207 4); a failed TLS handshake (error, EOF, timeout)
+ *    closes the connection and retries the same address once on a new
+ *    connection that never sends STARTTLS (as Postfix does for
+ *    opportunistic TLS): the result lists the failed handshake as an
+ *    attempt whose reason starts "TLS may:", and the client remembers the
+ *    address for `tls_plain_ms` (at most SMTP_CLIENT_PLAIN_MAX addresses,
+ *    the oldest forgotten first) so that its next may connections go
+ *    plaintext at once.  Data pipelined by the peer
  *    after its 220 to STARTTLS is a protocol error (command injection,
  *    CVE-2011-0411 class).  After TLS, EHLO is sent again and only its
  *    capabilities count.  A pooled connection serves a job that requires
@@ -113,6 +121,7 @@ struct smtp_client;
 #define SMTP_CLIENT_HOST_MAX 256        /* host names, incl. NUL */
 #define SMTP_CLIENT_ADDR_MAX 128        /* "[addr]:port" or a socket path */
 #define SMTP_CLIENT_UNIX_MAX 108        /* sun_path */
+#define SMTP_CLIENT_PLAIN_MAX 64        /* addresses remembered as TLS-broken */
 
 enum smtp_client_mode {
 	SMTP_CLIENT_SMTP = 0,
@@ -126,16 +135,18 @@ struct smtp_client_opts {
 	unsigned data_ms;      /* final dot */
 	unsigned idle_ms;      /* pooled idle connection lifetime; 0 = no pool */
 	unsigned max_conns;    /* per next-hop key; >= 1 */
+	unsigned tls_plain_ms; /* may: plaintext to an address whose handshake
+				* failed, for this long; 0 = not remembered */
 	char helo_name[SMTP_CLIENT_HOST_MAX]; /* EHLO/HELO/LHLO argument */
 };
 
 /* Fills defaults: 30 s, 5 min, 10 min, 5 s idle, 20 connections,
- * helo "localhost". */
+ * 1 h plaintext after a failed may handshake, helo "localhost". */
 void smtp_client_opts_init(struct smtp_client_opts *o);
 
 /* Fills `o` from [delivery] (connect_timeout, command_timeout,
  * data_timeout, max_connections_per_destination, helo_name, else
- * server.hostname); idle stays 5 s. */
+ * server.hostname); idle stays 5 s, tls_plain_ms 1 h. */
 void smtp_client_opts_from_conf(struct smtp_client_opts *o,
 				const struct carrier_conf *conf);
 
@@ -247,7 +258,8 @@ struct smtp_client_result {
 	 * TLS, else "" */
 	char tls[SMTP_CLIENT_TLS_TEXT_MAX];
 	/* Destinations that failed before this one (or all of them when
-	 * !connected), in the order tried. */
+	 * !connected), in the order tried; a may handshake that failed
+	 * before the plaintext retry to the same address is one too. */
 	const struct smtp_client_attempt *attempts;
 	size_t n_attempts;
 	/* rcpts[i] is the result for job->rcpts[i]. */

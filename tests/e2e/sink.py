@@ -16,7 +16,14 @@ matching rule wins; a rule table may be passed in):
     anything     250 2.1.5              250 2.0.0
 
 In SMTP mode the reply after the dot is the first non-2xx data reply of the
-accepted recipients, else 250.  A sender whose local part starts with
+accepted recipients, else 250.
+
+STARTTLS (off by default) is offered for testing a client's fallback only;
+the sink never speaks TLS.  starttls="alert" answers 220 and, when the
+client's first handshake bytes arrive, sends a fatal TLS handshake_failure
+alert and closes (a peer with no protocol version or cipher in common);
+"close" answers 220 and closes when they arrive; "refuse" answers
+454 4.7.0.  Recorder.starttls counts the STARTTLS commands received.  A sender whose local part starts with
 "tempmail" gets 451 4.3.2 to MAIL, "permmail" 550 5.7.1.
 
 Every finished DATA transaction is recorded: a dict with helo, mail_from,
@@ -35,7 +42,7 @@ As a process (the benchmark counts lines of DIR/transactions.jsonl):
     python3 tests/e2e/sink.py --port N --record DIR [--lmtp] [--unix PATH]
         [--no-pipelining] [--no-8bitmime] [--no-smtputf8] [--no-dsn]
         [--size BYTES] [--greeting "554 5.7.1 go away"] [--delay SECONDS]
-        [--save-data]
+        [--save-data] [--starttls alert|close|refuse]
 
 It prints "READY <port>" on stdout once listening.
 """
@@ -59,6 +66,9 @@ DEFAULT_RULES = [
     ("dperm", "250 2.1.5 ok", "554 5.6.0 content refused"),
 ]
 MAX_LINE = 4096
+# A fatal alert record: TLS 1.0 record version, level 2, handshake_failure.
+TLS_ALERT_HANDSHAKE_FAILURE = b"\x15\x03\x01\x00\x02\x02\x28"
+STARTTLS_MODES = ("alert", "close", "refuse")
 
 
 def _local(addr):
@@ -68,7 +78,9 @@ def _local(addr):
 class Options:
     def __init__(self, lmtp=False, pipelining=True, eightbitmime=True, smtputf8=True,
                  dsn=True, size=0, greeting="220 sink.test ESMTP", delay=0.0,
-                 rules=None, hostname="sink.test", keep_data=True):
+                 rules=None, hostname="sink.test", keep_data=True, starttls=None):
+        if starttls is not None and starttls not in STARTTLS_MODES:
+            raise ValueError(f"starttls: one of {STARTTLS_MODES} or None")
         self.lmtp = lmtp
         self.pipelining = pipelining
         self.eightbitmime = eightbitmime
@@ -80,6 +92,7 @@ class Options:
         self.rules = rules if rules is not None else DEFAULT_RULES
         self.hostname = hostname
         self.keep_data = keep_data
+        self.starttls = starttls
 
     def rule(self, local):
         for prefix, rcpt, data in self.rules:
@@ -95,6 +108,8 @@ class Recorder:
         self.lock = threading.Lock()
         self.transactions = []
         self.connections = 0
+        self.open = 0               # connections open now
+        self.starttls = 0           # STARTTLS commands received
         self.keep = keep
         self.file = None
         self.dir = None
@@ -136,6 +151,7 @@ class Session(asyncio.Protocol):
         self.reset()
         self.transport = None
         self.closing = False
+        self.tls_pending = False    # 220 to STARTTLS sent; handshake next
 
     def reset(self):
         self.mail_from = None
@@ -147,6 +163,7 @@ class Session(asyncio.Protocol):
         self.transport = transport
         with self.rec.lock:
             self.rec.connections += 1
+            self.rec.open += 1
         self.send([self.o.greeting])
 
     def send(self, lines):
@@ -164,6 +181,13 @@ class Session(asyncio.Protocol):
 
     def data_received(self, chunk):
         replies = []
+        if self.tls_pending:
+            # The client's first handshake bytes: fail the handshake.
+            if self.o.starttls == "alert":
+                self.transport.write(TLS_ALERT_HANDSHAKE_FAILURE)
+            self.closing = True
+            self.transport.close()
+            return
         if self.data is not None:
             self.data += chunk
         else:
@@ -245,6 +269,8 @@ class Session(asyncio.Protocol):
                 caps.append("SMTPUTF8")
             if o.dsn:
                 caps.append("DSN")
+            if o.starttls and not o.lmtp:
+                caps.append("STARTTLS")
             caps.append(f"SIZE {o.size}" if o.size else "SIZE")
             caps.append("ENHANCEDSTATUSCODES")
             replies.extend(f"250-{c}" for c in caps[:-1])
@@ -303,6 +329,15 @@ class Session(asyncio.Protocol):
                 replies.append("354 end with <CRLF>.<CRLF>")
                 self.data = bytearray(b"\r\n") + self.buf
                 self.buf = bytearray()
+        elif line.upper() == "STARTTLS" and o.starttls and not o.lmtp:
+            with self.rec.lock:
+                self.rec.starttls += 1
+            if o.starttls == "refuse":
+                replies.append("454 4.7.0 TLS not available due to temporary reason")
+            else:
+                replies.append("220 2.0.0 ready to start TLS")
+                self.tls_pending = True
+                self.buf.clear()
         elif verb == "RSET":
             self.reset()
             replies.append("250 2.0.0 ok")
@@ -322,6 +357,8 @@ class Session(asyncio.Protocol):
 
     def connection_lost(self, exc):
         self.transport = None
+        with self.rec.lock:
+            self.rec.open -= 1
 
 
 class Sink:
@@ -353,6 +390,15 @@ class Sink:
     @property
     def connections(self):
         return self.rec.connections
+
+    @property
+    def open_connections(self):
+        return self.rec.open
+
+    @property
+    def starttls_count(self):
+        """STARTTLS commands received (see starttls=)."""
+        return self.rec.starttls
 
     def start(self):
         ready = threading.Event()
@@ -420,11 +466,12 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=0)
     p.add_argument("--greeting", default="220 sink.test ESMTP")
     p.add_argument("--delay", type=float, default=0.0)
+    p.add_argument("--starttls", choices=STARTTLS_MODES)
     a = p.parse_args(argv)
     opts = Options(lmtp=a.lmtp, pipelining=not a.no_pipelining,
                    eightbitmime=not a.no_8bitmime, smtputf8=not a.no_smtputf8,
                    dsn=not a.no_dsn, size=a.size, greeting=a.greeting, delay=a.delay,
-                   keep_data=a.save_data)
+                   keep_data=a.save_data, starttls=a.starttls)
     rec = Recorder(a.record, a.save_data, keep=False)
 
     async def serve():

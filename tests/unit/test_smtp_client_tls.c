@@ -3,7 +3,8 @@
  * listener with a certificate from a test CA made with the openssl
  * command (run without a shell).  Policies none, may, encrypt, verify;
  * a required-TLS failure defers with the reason; a STARTTLS reply with
- * injected data after it is refused (a fake server in a thread). */
+ * injected data after it is refused, and a failed handshake under may is
+ * retried in plaintext and remembered (fake servers in a thread). */
 #include "test_util.h"
 
 #include <arpa/inet.h>
@@ -14,6 +15,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <spawn.h>
+#include <strings.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -40,6 +42,8 @@ struct fixture {
 	enum smtp_client_class cls;
 	char text[SMTP_CLIENT_TEXT_MAX];
 	char tls[SMTP_CLIENT_TLS_TEXT_MAX];
+	size_t n_attempts;
+	char attempt[SMTP_CLIENT_TEXT_MAX];   /* the first attempt's reason */
 };
 
 static void run(const char *dir, char *const argv[])
@@ -163,6 +167,9 @@ static void done_cb(void *arg, const struct smtp_client_result *res)
 	else
 		snprintf(f->text, sizeof f->text, "%s", res->rcpts[0].text);
 	snprintf(f->tls, sizeof f->tls, "%s", res->tls);
+	f->n_attempts = res->n_attempts;
+	snprintf(f->attempt, sizeof f->attempt, "%s",
+		 res->n_attempts > 0 ? res->attempts[0].reason : "");
 }
 
 static ssize_t body_read(void *arg, void *buf, size_t n)
@@ -307,6 +314,162 @@ static void test_injection_after_starttls_reply(void **state)
 	fixture_free(f);
 }
 
+/* A peer whose TLS is broken: it offers STARTTLS, answers 220, then
+ * answers the ClientHello with a fatal handshake_failure alert and closes.
+ * In plaintext it takes mail.  Serves `conns_max` connections one at a
+ * time, then returns. */
+struct broken_peer {
+	int lfd;
+	int conns_max;
+	int conns, starttls, mails;
+};
+
+static bool peer_write(int fd, const char *s)
+{
+	return write(fd, s, strlen(s)) == (ssize_t)strlen(s);
+}
+
+static void broken_peer_conn(struct broken_peer *p, int fd)
+{
+	static const char alert[] = { 0x15, 0x03, 0x01, 0x00, 0x02, 0x02, 0x28 };
+	char buf[8192];
+	size_t len = 0;
+	bool data = false;
+
+	peer_write(fd, "220 fake ESMTP\r\n");
+	for (;;) {
+		char *end = data ? memmem(buf, len, "\r\n.\r\n", 5) : memchr(buf, '\n', len);
+		size_t used;
+		ssize_t n;
+
+		if (end == NULL) {
+			if (len == sizeof buf || (n = read(fd, buf + len, sizeof buf - len)) <= 0)
+				return;
+			len += (size_t)n;
+			continue;
+		}
+		used = (size_t)(end - buf) + (data ? 5 : 1);
+		if (data) {
+			data = false;
+			p->mails++;
+			peer_write(fd, "250 2.0.0 queued\r\n");
+		} else if (strncasecmp(buf, "EHLO", 4) == 0) {
+			peer_write(fd, "250-fake\r\n250 STARTTLS\r\n");
+		} else if (strncasecmp(buf, "STARTTLS", 8) == 0) {
+			p->starttls++;
+			peer_write(fd, "220 2.0.0 go ahead\r\n");
+			if (read(fd, buf, sizeof buf) > 0 && write(fd, alert, sizeof alert) < 0)
+				return;
+			return;
+		} else if (strncasecmp(buf, "DATA", 4) == 0) {
+			data = true;
+			peer_write(fd, "354 go on\r\n");
+		} else if (strncasecmp(buf, "QUIT", 4) == 0) {
+			peer_write(fd, "221 bye\r\n");
+			return;
+		} else {
+			peer_write(fd, "250 ok\r\n");   /* MAIL, RCPT, RSET */
+		}
+		memmove(buf, buf + used, len - used);
+		len -= used;
+	}
+}
+
+static void *broken_peer_run(void *arg)
+{
+	struct broken_peer *p = arg;
+
+	while (p->conns < p->conns_max) {
+		int fd = accept(p->lfd, NULL, NULL);
+
+		if (fd < 0)
+			break;
+		p->conns++;
+		broken_peer_conn(p, fd);
+		close(fd);
+	}
+	return NULL;
+}
+
+static uint16_t broken_peer_start(struct broken_peer *p, int conns_max, pthread_t *th)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001) };
+	socklen_t len = sizeof a;
+
+	memset(p, 0, sizeof *p);
+	p->conns_max = conns_max;
+	p->lfd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_int_equal(bind(p->lfd, (struct sockaddr *)&a, sizeof a), 0);
+	assert_int_equal(listen(p->lfd, 4), 0);
+	getsockname(p->lfd, (struct sockaddr *)&a, &len);
+	assert_int_equal(pthread_create(th, NULL, broken_peer_run, p), 0);
+	return ntohs(a.sin_port);
+}
+
+/* may: the failed handshake is retried in plaintext on a new connection
+ * to the same address; the address is remembered (no STARTTLS next time);
+ * encrypt never falls back, remembered or not. */
+static void test_may_handshake_failure_falls_back(void **state)
+{
+	struct fixture *f = fixture_new(false);
+	struct broken_peer p;
+	pthread_t th;
+	uint16_t port = broken_peer_start(&p, 4, &th);
+
+	deliver(f, SMTP_CLIENT_TLS_MAY, NULL, NULL, port);
+	if (f->cls != SMTP_CLIENT_OK)
+		fail_msg("may, broken TLS: got %s, want OK in plaintext", f->text);
+	assert_string_equal(f->tls, "");
+	assert_int_equal(f->n_attempts, 1);   /* the handshake, for the counters */
+	assert_contains(f->attempt, "TLS may: ");
+	assert_contains(f->attempt, "handshake failure; retried in plaintext");
+
+	deliver(f, SMTP_CLIENT_TLS_MAY, NULL, NULL, port);   /* a new connection */
+	assert_int_equal(f->cls, SMTP_CLIENT_OK);
+	assert_int_equal(f->n_attempts, 0);
+
+	deliver(f, SMTP_CLIENT_TLS_ENCRYPT, NULL, NULL, port);
+	assert_int_equal(f->cls, SMTP_CLIENT_TEMP);
+	assert_contains(f->text, "TLS encrypt: ");
+	smtp_client_free(&f->c);
+	/* libevent closes the freed sockets from the loop: run it once. */
+	event_base_loop(f->base, EVLOOP_NONBLOCK);
+	pthread_join(th, NULL);
+	close(p.lfd);
+	assert_int_equal(p.conns, 4);
+	assert_int_equal(p.starttls, 2);      /* the first may, then encrypt */
+	assert_int_equal(p.mails, 2);
+	fixture_free(f);
+}
+
+/* tls_plain_ms = 0: nothing remembered, every may delivery pays the failed
+ * handshake and still goes through. */
+static void test_may_fallback_unremembered(void **state)
+{
+	struct fixture *f = fixture_new(false);
+	struct smtp_client_opts o;
+	struct broken_peer p;
+	pthread_t th;
+	uint16_t port = broken_peer_start(&p, 4, &th);
+
+	smtp_client_opts_init(&o);
+	o.tls_plain_ms = 0;
+	smtp_client_set_opts(f->c, &o);
+	for (int i = 0; i < 2; i++) {
+		deliver(f, SMTP_CLIENT_TLS_MAY, NULL, NULL, port);
+		assert_int_equal(f->cls, SMTP_CLIENT_OK);
+		assert_int_equal(f->n_attempts, 1);
+	}
+	smtp_client_free(&f->c);
+	/* libevent closes the freed sockets from the loop: run it once. */
+	event_base_loop(f->base, EVLOOP_NONBLOCK);
+	pthread_join(th, NULL);
+	close(p.lfd);
+	assert_int_equal(p.starttls, 2);
+	assert_int_equal(p.mails, 2);
+	fixture_free(f);
+}
+
 static void test_policy_names(void **state)
 {
 	enum smtp_client_tls t;
@@ -332,6 +495,8 @@ int main(void)
 		cmocka_unit_test(test_policies_against_a_tls_server),
 		cmocka_unit_test(test_required_tls_without_starttls_defers),
 		cmocka_unit_test(test_injection_after_starttls_reply),
+		cmocka_unit_test(test_may_handshake_failure_falls_back),
+		cmocka_unit_test(test_may_fallback_unremembered),
 	};
 
 	signal(SIGPIPE, SIG_IGN);
