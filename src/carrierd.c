@@ -829,6 +829,10 @@ static int start_control(struct daemon *d)
 		(void)0;    /* control_new reports the path problem */
 	d->control = control_new(d->base, d->conf->control_socket, &d->auth, &ctl_handlers,
 				 d, d->log, err, sizeof err);
+	/* Reading queue commands walk the spool on a thread of their own;
+	 * without it they answer 503 (event emitted), the daemon goes on. */
+	if (d->control != NULL)
+		(void)queue_ctl_start(&d->qctl, err, sizeof err);
 	return d->control ? 0 : DIAG_EXIT_CONTROL;
 }
 
@@ -1144,6 +1148,7 @@ static void shutdown_daemon(struct daemon *d)
 	delivery_free(&d->delivery);
 	track_free(&d->track);
 	dns_free(&d->dns);
+	queue_ctl_stop(&d->qctl);   /* reads the spool, finishes control replies */
 	spool_close(&d->spool);
 	control_free(&d->control);
 	for (size_t i = 0; i < 4; i++)

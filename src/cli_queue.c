@@ -44,6 +44,8 @@
 	"states: queued deferred held done delivered failed quarantined;\n" \
 	"AGE: seconds, or a number with s, m, h or d (30m, 2h)\n"
 
+#define QUEUE_READ_TIMEOUT_MS 120000
+
 struct qopts {
 	const char *conf;
 	const char *sub;
@@ -78,13 +80,28 @@ static int client_init(struct qclient *c, const char *conf_path)
 	return 0;
 }
 
+/* How long to wait for an answer: the reading commands walk the whole
+ * queue on the daemon's reader thread (about a second per million
+ * messages), possibly after other walks. */
+static unsigned request_timeout_ms(const char *line)
+{
+	static const char *const reading[] = { "queue list", "queue summary", "queue show",
+					       "queue due" };
+
+	for (size_t i = 0; i < sizeof reading / sizeof reading[0]; i++)
+		if (strncmp(line, reading[i], strlen(reading[i])) == 0)
+			return QUEUE_READ_TIMEOUT_MS;
+	return 30000;
+}
+
 /* Sends one request.  Returns -1 with *resp filled on a 200 answer, else
  * the exit status after printing why (resp is cleared). */
 static int request(struct qclient *c, const char *line, const char *what,
 		   struct control_response *resp)
 {
 	char err[512];
-	int rc = control_request_timeout(c->socket, line, 30000, resp, err, sizeof err);
+	int rc = control_request_timeout(c->socket, line, request_timeout_ms(line), resp,
+					 err, sizeof err);
 
 	if (rc != CONTROL_CLIENT_OK) {
 		fprintf(stderr, "carrier %s: %s\n", what, err);
@@ -206,7 +223,7 @@ static void print_rcpt_json(char *v, bool *first)
 
 struct list_out {
 	bool json, first, in_msg, first_rcpt;
-	size_t shown, matched;
+	size_t shown;
 	long long now;
 };
 
@@ -264,7 +281,7 @@ static void list_page(struct list_out *o, struct control_response *r)
 static int do_list(struct qclient *c, const struct qopts *o)
 {
 	struct list_out out = { .json = o->json, .first = true, .now = (long long)time(NULL) };
-	char base[1024], line[1100];
+	char base[1024], line[1600], cursor[480] = "";
 	size_t offset = 0;
 	int n = snprintf(base, sizeof base, "queue list");
 
@@ -294,24 +311,36 @@ static int do_list(struct qclient *c, const struct qopts *o)
 		printf("[");
 	for (;;) {
 		struct control_response r;
-		const char *next;
+		const char *next, *after, *qafter;
 		int rc;
 
-		snprintf(line, sizeof line, "%s offset=%zu", base, offset);
+		/* Each page goes on after the last entry of the one before
+		 * (the daemon reads the queue once in all); a daemon that
+		 * knows no cursor pages by offset. */
+		if (cursor[0])
+			snprintf(line, sizeof line, "%s %s", base, cursor);
+		else
+			snprintf(line, sizeof line, "%s offset=%zu", base, offset);
 		if ((rc = request(c, line, "queue", &r)) >= 0) {
 			if (o->json)
 				printf("]\n");
 			return rc;
 		}
 		list_page(&out, &r);
-		out.matched = (size_t)atoll(control_response_get(&r, "matched") ?
-					    control_response_get(&r, "matched") : "0");
 		if (control_response_get(&r, "partial"))
 			fprintf(stderr, "carrier queue: %s\n", control_response_get(&r, "partial"));
 		next = control_response_get(&r, "next_offset");
+		after = control_response_get(&r, "next_after");
+		qafter = control_response_get(&r, "next_qafter");
 		offset = next ? (size_t)atoll(next) : 0;
+		if (after && word_ok(after, "next_after"))
+			snprintf(cursor, sizeof cursor, "after=%s", after);
+		else if (qafter && word_ok(qafter, "next_qafter"))
+			snprintf(cursor, sizeof cursor, "qafter=%s", qafter);
+		else
+			cursor[0] = '\0';
 		control_response_clear(&r);
-		if (next == NULL || offset == 0)
+		if (next == NULL || (offset == 0 && !cursor[0]))
 			break;
 	}
 	if (o->json)

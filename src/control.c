@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <grp.h>
 #include <poll.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,6 +39,8 @@
 #define CONTROL_PAUSE_SECONDS 1            /* after EMFILE and friends */
 #define CONTROL_PEER_GROUPS 64             /* SO_PEERGROUPS on the stack */
 #define CONTROL_MAX_ERRORS 10              /* bad requests before we hang up */
+#define CONTROL_INPUT_HIGH (4 * CONTROL_LINE_MAX) /* read no more while a
+						      reply is deferred */
 
 struct control_conn {
 	LIST_ENTRY(control_conn) link;
@@ -47,8 +50,29 @@ struct control_conn {
 	uid_t uid;
 	pid_t pid;
 	bool closing;                   /* free once the output is sent */
+	bool eof;                       /* the peer sent EOF while deferred */
 	unsigned errors;                /* bad requests so far */
+	struct control_deferred *deferred; /* the request being answered later */
 	struct control_req_parser parser;
+};
+
+/*
+ * A request answered later (control_defer).  Owned by the control: the
+ * connection may go (conn = NULL, cancelled) while a worker still holds the
+ * handle, and only the loop thread frees it, in deferred_done_cb() after
+ * control_deferred_finish() activated `done`.  The worker touches rep,
+ * finished and done only; everything else is the loop thread's.
+ */
+struct control_deferred {
+	LIST_ENTRY(control_deferred) link;  /* c->deferred */
+	struct control *c;                  /* NULL after control_free() */
+	struct control_conn *conn;          /* NULL once the peer is gone */
+	struct event *done;                 /* activated by the finisher */
+	struct control_reply *rep;          /* set by the finisher */
+	atomic_bool cancelled, finished;
+	char command[64];
+	uid_t uid;
+	pid_t pid;
 };
 
 struct control {
@@ -65,6 +89,8 @@ struct control {
 	struct control_reply *rep;      /* reused for every request */
 	LIST_HEAD(, control_conn) conns;
 	size_t n_conns;
+	LIST_HEAD(, control_deferred) deferred;
+	size_t n_deferred;
 };
 
 static void set_err(char *err, size_t errlen, const char *fmt, ...)
@@ -250,6 +276,12 @@ static void conn_free(struct control_conn *conn)
 {
 	struct control *c = conn->c;
 
+	if (conn->deferred != NULL) {
+		/* The worker still holds the handle: the reply is dropped
+		 * when it comes. */
+		conn->deferred->conn = NULL;
+		atomic_store(&conn->deferred->cancelled, true);
+	}
 	LIST_REMOVE(conn, link);
 	c->n_conns--;
 	if (conn->deadline)
@@ -334,19 +366,18 @@ static void control_run(struct control *c, const struct control_call *call)
 	reply_unknown(c, name, rep);
 }
 
-static void conn_dispatch(struct control_conn *conn,
-			  const struct control_request *req)
+/* Sends the answer to `command` and waits for the next request. */
+static void conn_send(struct control_conn *conn, const char *command,
+		      const struct control_reply *rep)
 {
 	struct control *c = conn->c;
-	struct control_call call = { .req = req, .uid = conn->uid, .pid = conn->pid };
 	size_t len;
 	char *out;
 
-	control_run(c, &call);
-	evlog_emit(c->log, EV_CONTROL_COMMAND, EVF_S("command", req->command),
+	evlog_emit(c->log, EV_CONTROL_COMMAND, EVF_S("command", command),
 		   EVF_I("uid", conn->uid), EVF_I("pid", conn->pid),
-		   EVF_I("code", control_reply_code(c->rep)));
-	out = control_reply_format(c->rep, &len);
+		   EVF_I("code", control_reply_code(rep)));
+	out = control_reply_format(rep, &len);
 	if (!out) {
 		conn_close_with(conn, CONTROL_CODE_FAILED, "out of memory");
 		return;
@@ -354,6 +385,22 @@ static void conn_dispatch(struct control_conn *conn,
 	bufferevent_write(conn->bev, out, len);
 	free(out);
 	conn_arm_deadline(conn);
+}
+
+static void conn_dispatch(struct control_conn *conn,
+			  const struct control_request *req)
+{
+	struct control *c = conn->c;
+	struct control_call call = { .req = req, .uid = conn->uid, .pid = conn->pid,
+				     .conn = conn };
+
+	control_run(c, &call);
+	if (conn->deferred != NULL) {
+		/* Answered later: no deadline for the next request yet. */
+		event_del(conn->deadline);
+		return;
+	}
+	conn_send(conn, req->command, c->rep);
 }
 
 static void conn_bad_request(struct control_conn *conn, int code,
@@ -400,7 +447,8 @@ static void conn_process(struct control_conn *conn)
 	char chunk[CONTROL_LINE_MAX], reason[CONTROL_TEXT_MAX];
 	struct control_request req;
 
-	while (!conn->closing && evbuffer_get_length(out) < CONTROL_OUTPUT_HIGH) {
+	while (!conn->closing && conn->deferred == NULL &&
+	       evbuffer_get_length(out) < CONTROL_OUTPUT_HIGH) {
 		ev_ssize_t n = evbuffer_copyout(in, chunk, sizeof chunk);
 		enum control_parse r;
 		size_t used = 0;
@@ -439,10 +487,26 @@ static void conn_write_cb(struct bufferevent *bev, void *arg)
 	conn_process(conn);
 }
 
+/* True when the peer closed its socket (POLLHUP), not just its sending
+ * side (shutdown(SHUT_WR), which still waits for the answer). */
+static bool peer_gone(struct bufferevent *bev)
+{
+	struct pollfd pfd = { .fd = bufferevent_getfd(bev), .events = POLLOUT };
+
+	return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR)) != 0;
+}
+
 static void conn_event_cb(struct bufferevent *bev, short what, void *arg)
 {
 	struct control_conn *conn = arg;
 
+	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_WRITING) &&
+	    conn->deferred != NULL && !peer_gone(bev)) {
+		/* Half-closed while a reply is deferred: send it, then close. */
+		bufferevent_disable(bev, EV_READ);
+		conn->eof = true;
+		return;
+	}
 	if ((what & BEV_EVENT_EOF) && !(what & BEV_EVENT_WRITING) &&
 	    evbuffer_get_length(bufferevent_get_output(bev)) > 0) {
 		/* The peer stopped sending; let it have its answers. */
@@ -496,6 +560,8 @@ static struct control_conn *conn_new(struct control *c, int fd,
 		return NULL;
 	}
 	bufferevent_setcb(conn->bev, conn_read_cb, conn_write_cb, conn_event_cb, conn);
+	/* Bounds what a peer can pile up while its request is deferred. */
+	bufferevent_setwatermark(conn->bev, EV_READ, 0, CONTROL_INPUT_HIGH);
 	/* The request deadline is our own timer (a read timeout restarts on
 	 * every byte, so a trickling peer would never time out); the write
 	 * timeout bounds a peer that does not read its answer. */
@@ -607,6 +673,7 @@ struct control *control_new(struct event_base *base, const char *path,
 		c->h = *h;
 	c->h_arg = h_arg;
 	LIST_INIT(&c->conns);
+	LIST_INIT(&c->deferred);
 	fd = control_open_socket(c, err, errlen);
 	if (fd < 0)
 		goto fail;
@@ -643,6 +710,8 @@ fail:
 	return NULL;
 }
 
+static void deferred_release(struct control_deferred *d);
+
 void control_free(struct control **cp)
 {
 	struct control *c;
@@ -654,6 +723,8 @@ void control_free(struct control **cp)
 	*cp = NULL;
 	while (!LIST_EMPTY(&c->conns))
 		conn_free(LIST_FIRST(&c->conns));
+	while (!LIST_EMPTY(&c->deferred))
+		deferred_release(LIST_FIRST(&c->deferred));
 	evconnlistener_free(c->lev);
 	event_free(c->resume);
 	/* Only our own socket: a successor may already have replaced it. */
@@ -667,6 +738,111 @@ void control_free(struct control **cp)
 size_t control_connections(const struct control *c)
 {
 	return c->n_conns;
+}
+
+/* ---- deferred replies -------------------------------------------------- */
+
+static void deferred_free(struct control_deferred *d)
+{
+	if (d->c != NULL) {
+		LIST_REMOVE(d, link);
+		d->c->n_deferred--;
+	}
+	control_reply_free(&d->rep);
+	event_free(d->done);
+	free(d);
+}
+
+/* control_free(): frees a finished handle; an unfinished one (a broken
+ * promise of the caller) is left to its finisher, detached. */
+static void deferred_release(struct control_deferred *d)
+{
+	if (atomic_load(&d->finished)) {
+		deferred_free(d);
+		return;
+	}
+	LIST_REMOVE(d, link);
+	d->c->n_deferred--;
+	d->c = NULL;
+	d->conn = NULL;
+	atomic_store(&d->cancelled, true);
+}
+
+/* Loop thread: the finisher's reply is in; send it unless the peer left. */
+static void deferred_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct control_deferred *d = arg;
+	struct control_conn *conn = d->conn;
+
+	(void)fd;
+	(void)what;
+	if (d->c != NULL && conn == NULL)
+		evlog_emit(d->c->log, EV_CONTROL_COMMAND, EVF_S("command", d->command),
+			   EVF_I("uid", d->uid), EVF_I("pid", d->pid),
+			   EVF_I("code", d->rep ? control_reply_code(d->rep) : CONTROL_CODE_FAILED));
+	if (conn != NULL) {
+		conn->deferred = NULL;
+		if (d->rep != NULL)
+			conn_send(conn, d->command, d->rep);
+		else
+			conn_close_with(conn, CONTROL_CODE_FAILED, "out of memory");
+		if (conn->eof) {
+			conn->closing = true;
+			event_del(conn->deadline);
+		}
+	}
+	deferred_free(d);
+	/* Requests the peer sent meanwhile. */
+	if (conn != NULL && !conn->eof)
+		conn_process(conn);
+}
+
+struct control_deferred *control_defer(const struct control_call *call)
+{
+	struct control_conn *conn = call->conn;
+	struct control_deferred *d;
+
+	if (conn == NULL || conn->deferred != NULL || (d = calloc(1, sizeof *d)) == NULL)
+		return NULL;
+	d->done = event_new(conn->c->base, -1, 0, deferred_done_cb, d);
+	if (d->done == NULL) {
+		free(d);
+		return NULL;
+	}
+	d->c = conn->c;
+	d->conn = conn;
+	atomic_init(&d->cancelled, false);
+	atomic_init(&d->finished, false);
+	snprintf(d->command, sizeof d->command, "%s", call->req->command);
+	d->uid = conn->uid;
+	d->pid = conn->pid;
+	LIST_INSERT_HEAD(&d->c->deferred, d, link);
+	d->c->n_deferred++;
+	conn->deferred = d;
+	return d;
+}
+
+bool control_deferred_cancelled(const struct control_deferred *d)
+{
+	return atomic_load(&((struct control_deferred *)d)->cancelled);
+}
+
+void control_deferred_finish(struct control_deferred *d, struct control_reply **repp)
+{
+	d->rep = repp != NULL ? *repp : NULL;
+	if (repp != NULL)
+		*repp = NULL;
+	if (d->rep == NULL && (d->rep = control_reply_new()) != NULL)
+		control_reply_status(d->rep, CONTROL_CODE_FAILED, "no answer (out of memory)");
+	atomic_store(&d->finished, true);
+	/* event_active() is thread-safe with libevent's threading on, and
+	 * hands d->rep over to the loop thread under the base's lock. */
+	event_active(d->done, 0, 0);
+}
+
+size_t control_deferred_count(const struct control *c)
+{
+	return c->n_deferred;
 }
 
 /* ---- client ------------------------------------------------------------ */

@@ -13,8 +13,10 @@
  * can act on them.
  *
  * Threads: a struct control belongs to the thread running its event_base;
- * handlers are called on that thread.  control_request() is blocking and
- * may be called from any thread.
+ * handlers are called on that thread.  A deferred reply may be finished on
+ * any thread (control_deferred_finish(), which needs libevent's threading:
+ * evthread_use_pthreads() before the base is made).  control_request() is
+ * blocking and may be called from any thread.
  */
 #ifndef CARRIER_CONTROL_H
 #define CARRIER_CONTROL_H
@@ -58,11 +60,17 @@ struct control_auth {
 				   reply; 0 = CONTROL_TIMEOUT_MS_DEFAULT */
 };
 
+struct control_conn;
+struct control_deferred;
+
 /* The request a handler runs for: the parsed words and the peer. */
 struct control_call {
 	const struct control_request *req;  /* command, argc, argv */
 	uid_t uid;
 	pid_t pid;
+	struct control_conn *conn;          /* for control_defer(); NULL when
+					       the call comes from no connection
+					       (tests) */
 };
 
 /*
@@ -71,7 +79,8 @@ struct control_call {
  * starts as 200 "ok" with no fields; returning without touching the
  * status keeps it.  Runs on the loop thread and must not block, and must
  * not call control_free() (schedule a stop on the loop instead).  `call`
- * and everything it points to are valid only during the call.
+ * and everything it points to are valid only during the call.  Work that
+ * would block (a walk of a large queue) is deferred: control_defer().
  */
 typedef void control_handler_fn(void *arg, const struct control_call *call,
 				struct control_reply *rep);
@@ -135,8 +144,39 @@ struct control *control_new(struct event_base *base, const char *path,
 
 /* Closes every connection and the socket, and removes the socket file if
  * it is still the one control_new() created (a successor's is left).
- * Clears *cp; NULL is fine. */
+ * Every deferred reply must have been finished first (control_defer());
+ * those finished but not sent yet are dropped.  Clears *cp; NULL is fine. */
 void control_free(struct control **cp);
+
+/*
+ * Deferred replies, for a handler whose answer takes long to make: it calls
+ * control_defer(call) and returns (what it put in `rep` is not sent), hands
+ * the handle to another thread, and that thread calls
+ * control_deferred_finish() with the reply once it has it.  The control
+ * sends it on its loop thread.  Meanwhile the connection takes no other
+ * request (its answers stay in order) and its request deadline is off; if
+ * the peer goes away first, the reply is dropped when it comes, and
+ * control_deferred_cancelled() turns true so the worker may stop early.
+ *
+ * control_defer() runs on the loop thread during a handler call; it
+ * returns NULL when the call has no connection (call->conn NULL) or memory
+ * runs out: the handler then answers in `rep` as usual.
+ */
+struct control_deferred *control_defer(const struct control_call *call);
+
+/* True once the peer of a deferred request has gone (its reply will be
+ * dropped).  Any thread. */
+bool control_deferred_cancelled(const struct control_deferred *d);
+
+/*
+ * Finishes a deferred request: takes *repp (clears it; NULL sends a 500
+ * "no answer") and the handle, which is invalid afterwards.  Any thread,
+ * exactly once per handle, and before control_free().
+ */
+void control_deferred_finish(struct control_deferred *d, struct control_reply **repp);
+
+/* Deferred requests not sent yet, finished or not (tests). */
+size_t control_deferred_count(const struct control *c);
 
 /* Number of open control connections (tests, counters). */
 size_t control_connections(const struct control *c);

@@ -1,9 +1,14 @@
 /*
  * queue_ctl: the `queue` control command (see queue_ctl.h for the
  * grammar).  This file: dispatch, authorization, and the reading commands
- * (list, summary, show, due); queue_ctl_act.c has the changing ones.
+ * (list, summary, show, due); queue_ctl_act.c has the changing ones,
+ * queue_ctl_read.c the reader thread the reading ones run on.
  *
- * Threads: the daemon's loop thread only.
+ * Threads: queue_ctl_handle() on the daemon's loop thread.  The reading
+ * commands (the qctl_read_fn functions here) run on the reader thread, or
+ * inline when there is none (tests); they use nothing of struct queue_ctl
+ * but the spool (whose reads are thread-safe) and the routing table
+ * reference in their struct qctl_read.
  */
 #include <ctype.h>
 #include <stdbool.h>
@@ -116,18 +121,20 @@ struct qfilter {
 };
 
 struct list_walk {
-	struct queue_ctl *q;
+	struct route_table *rt;
 	struct control_reply *rep;
 	struct qfilter f;
 	struct qctl_hops hops;
 	int64_t now;
 	size_t offset, limit, matched, shown, scanned, fields, bytes;
-	bool capped, partial;
+	const char *after, *qafter;      /* cursors from the request */
+	char last[SPOOL_QID_SIZE];       /* last entry shown */
+	bool capped, in_quar;            /* page full; listing quarantined */
 };
 
 static bool rcpt_matches(struct list_walk *w, const struct spool_rcpt *r)
 {
-	struct route_table *rt = *w->q->routes;
+	struct route_table *rt = w->rt;
 
 	if (w->f.to && !strcasestr(r->addr, w->f.to))
 		return false;
@@ -180,43 +187,67 @@ void qctl_add_rcpt(struct control_reply *rep, struct qctl_hops *hops,
 			  r->addr, flat(reply, sizeof reply, r->last_reply));
 }
 
-static int list_cb(void *arg, const struct spool_envelope *env)
+/* Bytes recipient i adds to a reply, escaped. */
+static size_t rcpt_cost(struct list_walk *w, const struct spool_rcpt *r)
 {
-	struct list_walk *w = arg;
+	return 80 + escaped_len(r->addr, SIZE_MAX) + escaped_len(r->last_reply, 1024) +
+	       (qctl_rcpt_pending(r) ? strlen(qctl_hop(&w->hops, w->rt, rcpt_domain(r->addr))) : 1);
+}
+
+/* Adds one message and as many of its recipients as the reply bounds take
+ * (all of them unless it is alone on its page and larger than a page). */
+static void list_add(struct list_walk *w, const struct spool_envelope *env)
+{
 	char sender[1024];
-	size_t cost;
+	size_t i;
 
-	if (++w->scanned > QUEUE_CTL_SCAN_MAX) {
-		w->partial = true;
-		return 1;
-	}
-	if (!env_matches(w, env))
-		return 0;
-	if (w->matched++ < w->offset || w->capped)
-		return 0;
-	/* What this message adds once escaped: stay inside the reply bounds. */
-	cost = 96 + escaped_len(env->sender, 1024);
-	for (size_t i = 0; i < env->n_rcpts; i++) {
-		const struct spool_rcpt *r = &env->rcpts[i];
-
-		cost += 80 + escaped_len(r->addr, SIZE_MAX) + escaped_len(r->last_reply, 1024) +
-			(qctl_rcpt_pending(r) ? strlen(qctl_hop(&w->hops, *w->q->routes,
-							       rcpt_domain(r->addr))) : 1);
-	}
-	if (w->shown >= w->limit || w->fields + 1 + env->n_rcpts > QCTL_FIELDS_BUDGET ||
-	    w->bytes + cost > QCTL_BYTES_BUDGET) {
-		w->capped = true;
-		return 0;
-	}
 	control_reply_add(w->rep, "msg", "%s\t%s\t%lld\t%llu\t%s\t%zu\t%zu", env->qid,
 			  qctl_msg_state(env), (long long)env->arrival,
 			  (unsigned long long)env->size, flat(sender, sizeof sender, env->sender),
 			  pending_count(env), env->n_rcpts);
-	for (size_t i = 0; i < env->n_rcpts; i++)
-		qctl_add_rcpt(w->rep, &w->hops, *w->q->routes, env, i);
+	w->fields++;
+	w->bytes += 96 + escaped_len(env->sender, 1024);
+	for (i = 0; i < env->n_rcpts; i++) {
+		size_t c = rcpt_cost(w, &env->rcpts[i]);
+
+		if (w->fields + 2 > QCTL_FIELDS_BUDGET || w->bytes + c > QCTL_BYTES_BUDGET)
+			break;
+		qctl_add_rcpt(w->rep, &w->hops, w->rt, env, i);
+		w->fields++;
+		w->bytes += c;
+	}
+	if (i < env->n_rcpts)
+		control_reply_add(w->rep, "rcpts_truncated", "%s\t%zu\t%zu", env->qid,
+				  env->n_rcpts, i);
 	w->shown++;
-	w->fields += 1 + env->n_rcpts;
-	w->bytes += cost;
+	snprintf(w->last, sizeof w->last, "%s", env->qid);
+}
+
+/* Stops the walk at the first match past a full page: the next page
+ * starts after the last one shown (next_after), so paging through a large
+ * queue reads it once, not once per page. */
+static int list_cb(void *arg, const struct spool_envelope *env)
+{
+	struct list_walk *w = arg;
+	size_t cost;
+
+	w->scanned++;
+	if (!env_matches(w, env))
+		return 0;
+	if (w->matched++ < w->offset)
+		return 0;
+	/* What this message adds once escaped: stay inside the reply bounds. */
+	cost = 96 + escaped_len(env->sender, 1024);
+	for (size_t i = 0; i < env->n_rcpts; i++)
+		cost += rcpt_cost(w, &env->rcpts[i]);
+	if (w->shown > 0 &&
+	    (w->shown >= w->limit || w->fields + 1 + env->n_rcpts > QCTL_FIELDS_BUDGET ||
+	     w->bytes + cost > QCTL_BYTES_BUDGET)) {
+		w->matched--;
+		w->capped = true;
+		return 1;
+	}
+	list_add(w, env);
 	return 0;
 }
 
@@ -225,17 +256,21 @@ static int quar_cb(void *arg, const char *qid, const char *reason, int64_t when)
 	struct list_walk *w = arg;
 	char why[1024];
 
-	if (w->matched++ < w->offset || w->capped)
+	if (w->qafter != NULL && strcmp(qid, w->qafter) <= 0)
+		return 0;
+	if (w->matched++ < w->offset)
 		return 0;
 	if (w->shown >= w->limit || w->fields + 1 > QCTL_FIELDS_BUDGET) {
+		w->matched--;
 		w->capped = true;
-		return 0;
+		return 1;
 	}
 	control_reply_add(w->rep, "quarantined", "%s\t%lld\t%s", qid, (long long)when,
 			  flat(why, sizeof why, reason));
 	w->shown++;
 	w->fields++;
 	w->bytes += 100 + strlen(why);
+	snprintf(w->last, sizeof w->last, "%s", qid);
 	return 0;
 }
 
@@ -283,14 +318,21 @@ static int parse_filter(const struct control_request *req, struct list_walk *w,
 			ok = parse_size(v, (size_t)INT32_MAX * 100, &n) == 0;
 			w->f.older = (int64_t)n;
 		} else if (ok && klen == 6 && strncmp(a, "offset", 6) == 0) {
-			ok = parse_size(v, QUEUE_CTL_SCAN_MAX, &w->offset) == 0;
+			ok = parse_size(v, SIZE_MAX / 2, &w->offset) == 0;
+		} else if (ok && klen == 5 && strncmp(a, "after", 5) == 0) {
+			ok = qctl_qid_valid(v) && w->qafter == NULL;
+			w->after = v;
+		} else if (ok && klen == 6 && strncmp(a, "qafter", 6) == 0) {
+			/* A quarantined key need not be a qid (a damaged one). */
+			ok = *v != '\0' && w->after == NULL;
+			w->qafter = v;
 		} else if (ok && klen == 5 && strncmp(a, "limit", 5) == 0) {
 			ok = parse_size(v, QUEUE_CTL_LIST_MAX, &w->limit) == 0 && w->limit > 0;
 		} else {
 			ok = false;
 		}
 		if (!ok) {
-			control_reply_status(rep, 400, "queue list: bad filter \"%s\" (state=queued|deferred|held|done|delivered|failed|quarantined, from=, to=, domain=, hop=, older=SECONDS, offset=N, limit=1..%d)",
+			control_reply_status(rep, 400, "queue list: bad filter \"%s\" (state=queued|deferred|held|done|delivered|failed|quarantined, from=, to=, domain=, hop=, older=SECONDS, after=QID or qafter=QID, offset=N, limit=1..%d)",
 					     a, QUEUE_CTL_LIST_MAX);
 			return -1;
 		}
@@ -298,41 +340,44 @@ static int parse_filter(const struct control_request *req, struct list_walk *w,
 	return 0;
 }
 
-static void cmd_list(struct queue_ctl *q, const struct control_call *call,
-		     struct control_reply *rep)
+static void cmd_list(struct qctl_read *r, struct control_reply *rep)
 {
 	struct list_walk *w = calloc(1, sizeof *w);
 	char err[512];
 	bool quar_only, with_quar;
+	int rc = 0;
 
 	if (w == NULL) {
 		control_reply_status(rep, 500, "out of memory");
 		return;
 	}
-	w->q = q;
+	w->rt = r->rt;
 	w->rep = rep;
 	w->now = (int64_t)time(NULL);
-	if (parse_filter(call->req, w, rep) < 0)
+	if (parse_filter(r->call->req, w, rep) < 0)
 		goto out;
 	quar_only = w->f.state && strcmp(w->f.state, "quarantined") == 0;
 	with_quar = !w->f.from && !w->f.to && !w->f.domain && !w->f.hop && w->f.older < 0 &&
 		    (w->f.state == NULL || quar_only);
-	if (!quar_only && spool_foreach(q->spool, list_cb, w, err, sizeof err) < 0) {
-		control_reply_status(rep, 500, "%s", err);
-		goto out;
+	if (!quar_only && w->qafter == NULL)
+		rc = qctl_walk(r, w->after, list_cb, w, err, sizeof err);
+	if (rc == 0 && with_quar && !w->capped) {
+		w->in_quar = true;
+		rc = spool_foreach_quarantined(r->q->spool, quar_cb, w, err, sizeof err) < 0 ? -1 : 0;
 	}
-	if (with_quar && spool_foreach_quarantined(q->spool, quar_cb, w, err, sizeof err) < 0) {
-		control_reply_status(rep, 500, "%s", err);
+	if (rc < 0) {
+		control_reply_status(rep, rc == QCTL_CANCELLED ? 503 : 500, "%s", err);
 		goto out;
 	}
 	control_reply_add(rep, "matched", "%zu", w->matched);
 	control_reply_add(rep, "shown", "%zu", w->shown);
 	control_reply_add(rep, "scanned", "%zu", w->scanned);
-	if (w->capped)
+	if (w->capped) {
+		/* The walk stopped at the page's end: go on after its last
+		 * entry (next_offset for a client that pages by count). */
 		control_reply_add(rep, "next_offset", "%zu", w->offset + w->shown);
-	if (w->partial)
-		control_reply_add(rep, "partial", "only the first %d messages were scanned",
-				  QUEUE_CTL_SCAN_MAX);
+		control_reply_add(rep, w->in_quar ? "next_qafter" : "next_after", "%s", w->last);
+	}
 out:
 	free(w);
 }
@@ -350,12 +395,12 @@ struct hop_row {
 };
 
 struct summary_walk {
-	struct queue_ctl *q;
+	struct route_table *rt;
 	struct qctl_hops hops;
 	struct hop_row *rows;
 	size_t n, cap, scanned, held_msgs, held_rcpts;
 	int64_t now;
-	bool partial, oom;
+	bool oom;
 };
 
 static struct hop_row *row_for_other(struct summary_walk *s);
@@ -396,10 +441,7 @@ static int summary_cb(void *arg, const struct spool_envelope *env)
 	int64_t age = (s->now - env->arrival) / 60;
 	size_t b = 0;
 
-	if (++s->scanned > QUEUE_CTL_SCAN_MAX) {
-		s->partial = true;
-		return 1;
-	}
+	s->scanned++;
 	while (b < QCTL_BUCKETS - 1 && age > bucket_min[b])
 		b++;
 	if (env->held) {
@@ -412,7 +454,7 @@ static int summary_cb(void *arg, const struct spool_envelope *env)
 
 		if (!qctl_rcpt_pending(&env->rcpts[i]))
 			continue;
-		r = row_for(s, qctl_hop(&s->hops, *s->q->routes, rcpt_domain(env->rcpts[i].addr)));
+		r = row_for(s, qctl_hop(&s->hops, s->rt, rcpt_domain(env->rcpts[i].addr)));
 		if (r == NULL)
 			return 1;
 		r->total++;
@@ -438,21 +480,29 @@ static void add_row(struct control_reply *rep, const char *field, const struct h
 			  r->key, r->total, b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9]);
 }
 
-static void cmd_summary(struct queue_ctl *q, const struct control_call *call,
-			struct control_reply *rep)
+/* Reads the whole queue: on the reader thread that takes as long as the
+ * queue is long, with no bound, while the loop goes on serving. */
+static void cmd_summary(struct qctl_read *r, struct control_reply *rep)
 {
 	struct summary_walk *s = calloc(1, sizeof *s);
 	struct hop_row total = { .key = "TOTAL" };
 	char err[512];
+	int rc;
 
 	if (s == NULL) {
 		control_reply_status(rep, 500, "out of memory");
 		return;
 	}
-	s->q = q;
+	if (r->call->req->argc != 1) {
+		control_reply_status(rep, 400, "usage: queue summary");
+		goto out;
+	}
+	s->rt = r->rt;
 	s->now = (int64_t)time(NULL);
-	if (spool_foreach(q->spool, summary_cb, s, err, sizeof err) < 0 || s->oom) {
-		control_reply_status(rep, 500, "%s", s->oom ? "out of memory" : err);
+	rc = qctl_walk(r, NULL, summary_cb, s, err, sizeof err);
+	if (rc < 0 || s->oom) {
+		control_reply_status(rep, rc == QCTL_CANCELLED ? 503 : 500, "%s",
+				     s->oom ? "out of memory" : err);
 		goto out;
 	}
 	qsort(s->rows, s->n, sizeof *s->rows, row_cmp);
@@ -466,9 +516,6 @@ static void cmd_summary(struct queue_ctl *q, const struct control_call *call,
 		add_row(rep, "hop", &s->rows[i]);
 	control_reply_add(rep, "held", "%zu\t%zu", s->held_msgs, s->held_rcpts);
 	control_reply_add(rep, "scanned", "%zu", s->scanned);
-	if (s->partial)
-		control_reply_add(rep, "partial", "only the first %d messages were scanned",
-				  QUEUE_CTL_SCAN_MAX);
 out:
 	free(s->rows);
 	free(s);
@@ -497,7 +544,7 @@ static int quar_find_cb(void *arg, const char *qid, const char *reason, int64_t 
 
 /* Adds the message text as "header" lines then, with `body`, "body"
  * lines, each part bounded. */
-static void add_text(struct queue_ctl *q, const struct spool_envelope *env, bool body,
+static void add_text(struct spool *sp, const struct spool_envelope *env, bool body,
 		     struct control_reply *rep)
 {
 	struct spool_body *b = NULL;
@@ -506,7 +553,7 @@ static void add_text(struct queue_ctl *q, const struct spool_envelope *env, bool
 	char *buf, err[512];
 	bool in_body = false, cut = false;
 
-	if (spool_body_open(q->spool, env->qid, &b, err, sizeof err) != 0) {
+	if (spool_body_open(sp, env->qid, &b, err, sizeof err) != 0) {
 		control_reply_add(rep, "text_error", "%s", err);
 		return;
 	}
@@ -555,10 +602,10 @@ static void add_text(struct queue_ctl *q, const struct spool_envelope *env, bool
 	free(buf);
 }
 
-static void cmd_show(struct queue_ctl *q, const struct control_call *call,
-		     struct control_reply *rep)
+static void cmd_show(struct qctl_read *r, struct control_reply *rep)
 {
-	const struct control_request *req = call->req;
+	const struct control_request *req = r->call->req;
+	struct spool *sp = r->q->spool;
 	struct spool_envelope *env = NULL;
 	struct qctl_hops *hops;
 	char err[512], s[1024];
@@ -570,11 +617,11 @@ static void cmd_show(struct queue_ctl *q, const struct control_call *call,
 		control_reply_status(rep, 400, "usage: queue show QID [body]");
 		return;
 	}
-	rc = spool_load(q->spool, req->argv[1], &env, err, sizeof err);
+	rc = spool_load(sp, req->argv[1], &env, err, sizeof err);
 	if (rc == 1) {
 		struct quar_find f = { .qid = req->argv[1] };
 
-		if (spool_foreach_quarantined(q->spool, quar_find_cb, &f, err, sizeof err) >= 0 &&
+		if (spool_foreach_quarantined(sp, quar_find_cb, &f, err, sizeof err) >= 0 &&
 		    f.found) {
 			control_reply_add(rep, "qid", "%s", f.qid);
 			control_reply_add(rep, "state", "quarantined");
@@ -611,13 +658,13 @@ static void cmd_show(struct queue_ctl *q, const struct control_call *call,
 			escaped_len(env->rcpts[i].last_reply, 1024);
 		if (used > QCTL_RCPT_BYTES)
 			break;
-		qctl_add_rcpt(rep, hops, *q->routes, env, i);
+		qctl_add_rcpt(rep, hops, r->rt, env, i);
 	}
 	if (i < env->n_rcpts)
 		control_reply_add(rep, "rcpts_truncated", "%zu recipients, %zu shown (all are in `carrier queue list`)",
 				  env->n_rcpts, i);
 	free(hops);
-	add_text(q, env, req->argc == 3, rep);
+	add_text(sp, env, req->argc == 3, rep);
 	spool_envelope_free(&env);
 }
 
@@ -632,8 +679,7 @@ static int due_cb(void *arg, const struct spool_envelope *env)
 {
 	struct due_walk *w = arg;
 
-	if (++w->scanned > QUEUE_CTL_SCAN_MAX)
-		return 1;
+	w->scanned++;
 	for (size_t i = 0; i < env->n_rcpts; i++) {
 		const struct spool_rcpt *r = &env->rcpts[i];
 
@@ -649,14 +695,14 @@ static int due_cb(void *arg, const struct spool_envelope *env)
 	return 0;
 }
 
-static void cmd_due(struct queue_ctl *q, const struct control_call *call,
-		    struct control_reply *rep)
+static void cmd_due(struct qctl_read *r, struct control_reply *rep)
 {
 	struct due_walk w = { .now = (int64_t)time(NULL) };
 	char err[512];
+	int rc = qctl_walk(r, NULL, due_cb, &w, err, sizeof err);
 
-	if (spool_foreach(q->spool, due_cb, &w, err, sizeof err) < 0) {
-		control_reply_status(rep, 500, "%s", err);
+	if (rc < 0) {
+		control_reply_status(rep, rc == QCTL_CANCELLED ? 503 : 500, "%s", err);
 		return;
 	}
 	control_reply_add(rep, "due", "%zu", w.due);
@@ -668,19 +714,19 @@ static void cmd_due(struct queue_ctl *q, const struct control_call *call,
 
 static const struct {
 	const char *name;
-	bool changes;
-	void (*fn)(struct queue_ctl *, const struct control_call *, struct control_reply *);
+	qctl_read_fn *read;         /* a reading command, or */
+	void (*change)(struct queue_ctl *, const struct control_call *, struct control_reply *);
 } subcommands[] = {
-	{ "list", false, cmd_list },
-	{ "summary", false, cmd_summary },
-	{ "show", false, cmd_show },
-	{ "due", false, cmd_due },
-	{ "hold", true, qctl_cmd_hold },
-	{ "release", true, qctl_cmd_release },
-	{ "delete", true, qctl_cmd_delete },
-	{ "retry", true, qctl_cmd_retry },
-	{ "flush", true, qctl_cmd_flush },
-	{ "bounce", true, qctl_cmd_bounce },
+	{ "list", cmd_list, NULL },
+	{ "summary", cmd_summary, NULL },
+	{ "show", cmd_show, NULL },
+	{ "due", cmd_due, NULL },
+	{ "hold", NULL, qctl_cmd_hold },
+	{ "release", NULL, qctl_cmd_release },
+	{ "delete", NULL, qctl_cmd_delete },
+	{ "retry", NULL, qctl_cmd_retry },
+	{ "flush", NULL, qctl_cmd_flush },
+	{ "bounce", NULL, qctl_cmd_bounce },
 };
 
 void queue_ctl_handle(void *arg, const struct control_call *call,
@@ -693,12 +739,16 @@ void queue_ctl_handle(void *arg, const struct control_call *call,
 	for (size_t i = 0; i < sizeof subcommands / sizeof subcommands[0]; i++) {
 		if (strcmp(sub, subcommands[i].name) != 0)
 			continue;
-		if (subcommands[i].changes && call->uid != 0 && call->uid != q->admin_uid) {
+		if (subcommands[i].read != NULL) {
+			qctl_read_submit(q, subcommands[i].read, call, rep);
+			return;
+		}
+		if (call->uid != 0 && call->uid != q->admin_uid) {
 			control_reply_status(rep, 403, "queue %s changes the queue: only root and the daemon's user (uid %u) may; uid %u may only read (queue list, summary, show)",
 					     sub, (unsigned)q->admin_uid, (unsigned)call->uid);
 			return;
 		}
-		subcommands[i].fn(q, call, rep);
+		subcommands[i].change(q, call, rep);
 		return;
 	}
 	control_reply_status(rep, 400, "unknown queue command \"%s\" (list, summary, show, due, hold, release, delete, retry, flush, bounce)",

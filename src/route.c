@@ -34,6 +34,7 @@ struct route_table {
 	size_t n;
 	struct evlog *log;
 	char myname[DNS_NAME_MAX + 1];  /* server.hostname: MX loop detection */
+	atomic_uint refs;               /* route_table_ref(); freed at 0 */
 };
 
 const char *route_kind_name(enum route_kind kind)
@@ -388,6 +389,7 @@ struct route_table *route_table_new(const struct carrier_conf *conf, struct conf
 
 	if (t == NULL)
 		return NULL;
+	atomic_init(&t->refs, 1);
 	if (conf->hostname && conf->hostname[0])
 		snprintf(t->myname, sizeof t->myname, "%s", conf->hostname);
 	else if (gethostname(t->myname, sizeof t->myname) != 0)
@@ -430,8 +432,17 @@ void route_table_free(struct route_table **tp)
 	if (t == NULL)
 		return;
 	*tp = NULL;
+	if (atomic_fetch_sub(&t->refs, 1) != 1)
+		return;
 	free(t->spaces);
 	free(t);
+}
+
+struct route_table *route_table_ref(struct route_table *t)
+{
+	if (t != NULL)
+		atomic_fetch_add(&t->refs, 1);
+	return t;
 }
 
 void route_table_set_log(struct route_table *t, struct evlog *log)

@@ -84,7 +84,13 @@ struct route_table;
  */
 struct route_table *route_table_new(const struct carrier_conf *conf,
 				    struct conf_errors *errs);
+/* Drops the caller's reference (clears *tp); the last one frees the table.
+ * NULL is fine. */
 void route_table_free(struct route_table **tp);
+/* Takes one more reference (any thread) and returns t, so a reader on
+ * another thread keeps the table while a reload swaps the daemon's; drop
+ * it with route_table_free().  NULL gives NULL. */
+struct route_table *route_table_ref(struct route_table *t);
 /* Events of route_resolve_async() go to `log` (may be NULL). */
 void route_table_set_log(struct route_table *t, struct evlog *log);
 

@@ -355,6 +355,36 @@ int spool_foreach(struct spool *sp, spool_env_fn *cb, void *arg,
 		  char *err, size_t errlen);
 
 /*
+ * A walk in steps, each step its own read transaction holding the
+ * environment lock only for its length: a long walk (a summary of a
+ * million messages) neither pins the pages commits free meanwhile (LMDB
+ * cannot reuse them while a reader is open, so the file would grow) nor
+ * keeps a reopen after MDB_PANIC waiting.  Messages are met in qid order,
+ * each step after the last key the previous one read; new messages (higher
+ * qids) are met if they arrive before the walk gets there, removed ones
+ * are not: every message present for the whole walk is met exactly once.
+ */
+struct spool_walk {
+	size_t max;                  /* keys one step reads at most; 0 = all */
+	bool done;                   /* the last step reached the end */
+	unsigned char pos[512];      /* private: the last key read */
+	size_t pos_len;
+};
+
+/* Starts a walk after the qid `after` (NULL or "": at the first message),
+ * reading at most `max` keys per step. */
+void spool_walk_init(struct spool_walk *w, const char *after, size_t max);
+
+/*
+ * One step: calls cb for the envelopes of the next w->max keys (damaged
+ * ones are quarantined, not passed), as spool_foreach().  Sets w->done when
+ * the step reached the end.  Returns 0, cb's stop value (the next step
+ * goes on after the envelope that stopped), or -1 + err.  Any thread.
+ */
+int spool_foreach_step(struct spool *sp, struct spool_walk *w, spool_env_fn *cb,
+		       void *arg, char *err, size_t errlen);
+
+/*
  * Administrative changes.  A held message (envelope flag `held`, an
  * optional field of the envelope record, so format 1 is unchanged: a
  * carrierd older than the flag would ignore it) is skipped by

@@ -4,8 +4,9 @@
  * spool_foreach() over every envelope including held ones.
  *
  * Part of the spool module (shares spool_int.h).  Must not: know about the
- * control socket or the CLI.  Threads: called on the daemon's loop thread;
- * each call has its own LMDB transaction.
+ * control socket or the CLI.  Threads: any (the daemon calls the changes
+ * on its loop thread, the walks on its queue reader thread); each call has
+ * its own LMDB transaction.
  */
 #include <errno.h>
 #include <unistd.h>
@@ -23,7 +24,29 @@ int spool_foreach(struct spool *sp, spool_env_fn *cb, void *arg,
 
 	if (spool_env_enter(sp, err, errlen) < 0)
 		return -1;
-	rc = spool_read_walk(sp, false, cb, arg, err, errlen);
+	rc = spool_read_walk(sp, false, NULL, cb, arg, err, errlen);
+	spool_env_leave(sp);
+	return rc;
+}
+
+void spool_walk_init(struct spool_walk *w, const char *after, size_t max)
+{
+	size_t n = after != NULL ? strlen(after) : 0;
+
+	memset(w, 0, sizeof *w);
+	w->max = max;
+	w->pos_len = n < sizeof w->pos ? n : sizeof w->pos;
+	memcpy(w->pos, after != NULL ? after : "", w->pos_len);
+}
+
+int spool_foreach_step(struct spool *sp, struct spool_walk *w, spool_env_fn *cb,
+		       void *arg, char *err, size_t errlen)
+{
+	int rc;
+
+	if (spool_env_enter(sp, err, errlen) < 0)
+		return -1;
+	rc = spool_read_walk(sp, false, w, cb, arg, err, errlen);
 	spool_env_leave(sp);
 	return rc;
 }

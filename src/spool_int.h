@@ -170,9 +170,11 @@ void spool_read_bad_add(struct spool_badlist *b, const MDB_val *k, const char *r
 void spool_read_bad_flush(struct spool *sp, struct spool_badlist *b);
 /* Walks every envelope (or, with pending_only, those not held and with a
  * pending recipient) in one read txn, quarantining damaged ones; the
- * caller holds the environment lock.  Returns cb's stop value or -1. */
-int spool_read_walk(struct spool *sp, bool pending_only, spool_env_fn *cb, void *arg,
-		    char *err, size_t errlen);
+ * caller holds the environment lock.  With `step` (else NULL), one step of
+ * a stepwise walk as spool_foreach_step() describes.  Returns cb's stop
+ * value or -1. */
+int spool_read_walk(struct spool *sp, bool pending_only, struct spool_walk *step,
+		    spool_env_fn *cb, void *arg, char *err, size_t errlen);
 /* Decodes the envelope under k and checks it is stored under its qid;
  * 0, or -1 with the reason in why. */
 int spool_read_decode_env(const MDB_val *k, const MDB_val *v,

@@ -243,13 +243,31 @@ int spool_foreach_quarantined(struct spool *sp, spool_quarantine_fn *cb,
 
 /* ---- reading and updating --------------------------------------------- */
 
-int spool_read_walk(struct spool *sp, bool pending_only, spool_env_fn *cb, void *arg,
-		    char *err, size_t errlen)
+/* Positions cur at the first key after step's position (the first key
+ * when it has none). */
+static int walk_first(MDB_cursor *cur, const struct spool_walk *step, MDB_val *k, MDB_val *v)
+{
+	int rc;
+
+	if (step == NULL || step->pos_len == 0)
+		return mdb_cursor_get(cur, k, v, MDB_FIRST);
+	k->mv_size = step->pos_len;
+	k->mv_data = (void *)step->pos;
+	rc = mdb_cursor_get(cur, k, v, MDB_SET_RANGE);
+	if (rc == 0 && k->mv_size == step->pos_len &&
+	    memcmp(k->mv_data, step->pos, step->pos_len) == 0)
+		rc = mdb_cursor_get(cur, k, v, MDB_NEXT);
+	return rc;
+}
+
+int spool_read_walk(struct spool *sp, bool pending_only, struct spool_walk *step,
+		    spool_env_fn *cb, void *arg, char *err, size_t errlen)
 {
 	struct spool_badlist bad = { 0 };
 	MDB_txn *txn;
 	MDB_cursor *cur;
 	MDB_val k, v;
+	size_t seen = 0;
 	int rc, stop = 0;
 
 	rc = mdb_txn_begin(sp->env, NULL, MDB_RDONLY, &txn);
@@ -260,17 +278,25 @@ int spool_read_walk(struct spool *sp, bool pending_only, spool_env_fn *cb, void 
 		seterr(err, errlen, "reading spool %s: %s", sp->path, mdb_strerror(rc));
 		return -1;
 	}
-	for (rc = mdb_cursor_get(cur, &k, &v, MDB_FIRST); rc == 0 && stop == 0;
+	for (rc = walk_first(cur, step, &k, &v); rc == 0 && stop == 0;
 	     rc = mdb_cursor_get(cur, &k, &v, MDB_NEXT)) {
 		struct spool_envelope *env = NULL;
 		char why[ERRLEN];
 
+		if (step != NULL && step->max > 0 && seen++ == step->max)
+			break;
+		if (step != NULL && k.mv_size <= sizeof step->pos) {
+			memcpy(step->pos, k.mv_data, k.mv_size);
+			step->pos_len = k.mv_size;
+		}
 		if (spool_read_decode_env(&k, &v, &env, why, sizeof why) < 0)
 			spool_read_bad_add(&bad, &k, why);
 		else if (!pending_only || (!env->held && spool_env_pending(env)))
 			stop = cb(arg, env);
 		spool_envelope_free(&env);
 	}
+	if (step != NULL)
+		step->done = rc == MDB_NOTFOUND;
 	mdb_cursor_close(cur);
 	mdb_txn_abort(txn);
 	spool_read_bad_flush(sp, &bad);
@@ -284,7 +310,7 @@ int spool_foreach_pending(struct spool *sp, spool_env_fn *cb, void *arg,
 
 	if (spool_env_enter(sp, err, errlen) < 0)
 		return -1;
-	rc = spool_read_walk(sp, true, cb, arg, err, errlen);
+	rc = spool_read_walk(sp, true, NULL, cb, arg, err, errlen);
 	spool_env_leave(sp);
 	return rc;
 }

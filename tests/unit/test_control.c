@@ -442,6 +442,7 @@ struct server {
 	char path[128];
 	atomic_int status_calls;
 	struct control_auth auth;
+	struct control_deferred *_Atomic later;   /* from h_later, to finish */
 };
 
 static void h_status(void *arg, const struct control_call *call,
@@ -472,8 +473,24 @@ static void h_busy(void *arg, const struct control_call *call,
 	control_reply_status(rep, CONTROL_CODE_UNAVAILABLE, "spool is busy");
 }
 
+/* Defers its answer: the test finishes it from its own thread. */
+static void h_later(void *arg, const struct control_call *call,
+		    struct control_reply *rep)
+{
+	struct server *s = arg;
+	struct control_deferred *d = control_defer(call);
+
+	if (d == NULL) {
+		control_reply_status(rep, CONTROL_CODE_FAILED, "cannot defer");
+		return;
+	}
+	control_reply_status(rep, CONTROL_CODE_FAILED, "must not be sent");
+	atomic_store(&s->later, d);
+}
+
 static const struct control_command test_commands[] = {
 	{ "status", "status", h_status },
+	{ "later", "later", h_later },
 	{ "echo", "echo [ARG...]", h_echo },
 	{ "busy", "busy", h_busy },
 	{ "ping", "ping", h_busy },     /* shadowed by the built-in */
@@ -660,11 +677,131 @@ static void test_server_commands(void **state)
 	control_response_clear(&resp);
 
 	expect_request(s->path, "help", 200, &resp);
-	assert_int_equal(control_response_count(&resp, "command"), 3 + 4);
+	assert_int_equal(control_response_count(&resp, "command"), 3 + 5);
 	control_response_clear(&resp);
 
 	wait_count(s, EV_CONTROL_COMMAND, 7);
 	server_free(s);
+}
+
+/* Waits up to 3 s for h_later to run; returns its handle (and clears it). */
+static struct control_deferred *wait_later(struct server *s)
+{
+	struct control_deferred *d = NULL;
+
+	for (int i = 0; i < 300 && (d = atomic_exchange(&s->later, NULL)) == NULL; i++)
+		poll(NULL, 0, 10);
+	if (d == NULL)
+		fail_msg("the deferring handler did not run");
+	return d;
+}
+
+/* Finishes d from this (not the loop's) thread with one field. */
+static void finish_later(struct control_deferred *d, const char *answer)
+{
+	struct control_reply *rep = control_reply_new();
+
+	assert_non_null(rep);
+	control_reply_add(rep, "answer", "%s", answer);
+	control_deferred_finish(d, &rep);
+	assert_null(rep);
+}
+
+/* True when nothing arrives on fd within ms. */
+static bool raw_quiet(int fd, int ms)
+{
+	struct pollfd pfd = { .fd = fd, .events = POLLIN };
+
+	return poll(&pfd, 1, ms) == 0;
+}
+
+/* A deferred answer comes when finished, on another thread, and in order:
+ * the request pipelined behind it waits for it. */
+static void test_server_deferred(void **state)
+{
+	struct control_auth auth = default_auth;
+	struct server *s = (auth.timeout_ms = 300, server_new(&auth));
+	struct control_resp_parser p;
+	struct control_response resp;
+	const char reqs[] = "CARRIER/1 later\nCARRIER/1 echo next\n";
+	struct control_deferred *d;
+	int fd = raw_connect(s->path);
+
+	assert_int_equal(control_resp_parser_init(&p), 0);
+	raw_send(fd, reqs, sizeof reqs - 1);
+	d = wait_later(s);
+	assert_false(control_deferred_cancelled(d));
+	assert_true(raw_quiet(fd, 100));
+	finish_later(d, "first");
+	assert_int_equal(raw_response(fd, &p, &resp), CONTROL_PARSE_OK);
+	assert_int_equal(resp.code, 200);
+	assert_string_equal(control_response_get(&resp, "answer"), "first");
+	control_response_clear(&resp);
+	assert_int_equal(raw_response(fd, &p, &resp), CONTROL_PARSE_OK);
+	assert_string_equal(control_response_get(&resp, "arg"), "next");
+	control_response_clear(&resp);
+
+	/* Longer than the request deadline: the deferred one has none. */
+	raw_send(fd, "CARRIER/1 later\n", 16);
+	d = wait_later(s);
+	assert_true(raw_quiet(fd, 1300));
+	finish_later(d, "late");
+	assert_int_equal(raw_response(fd, &p, &resp), CONTROL_PARSE_OK);
+	assert_string_equal(control_response_get(&resp, "answer"), "late");
+	control_response_clear(&resp);
+
+	/* Half-closed (shutdown SHUT_WR): still answered, then closed. */
+	raw_send(fd, "CARRIER/1 later\n", 16);
+	d = wait_later(s);
+	assert_int_equal(shutdown(fd, SHUT_WR), 0);
+	assert_true(raw_quiet(fd, 100));
+	assert_false(control_deferred_cancelled(d));
+	finish_later(d, "half");
+	assert_int_equal(raw_response(fd, &p, &resp), CONTROL_PARSE_OK);
+	assert_string_equal(control_response_get(&resp, "answer"), "half");
+	control_response_clear(&resp);
+	assert_true(raw_eof(fd));
+	close(fd);
+	control_resp_parser_free(&p);
+	server_free(s);
+}
+
+/* The peer goes away before the answer: the handle says so, finishing it
+ * later is safe and the reply is dropped; the server goes on. */
+static void test_server_deferred_peer_gone(void **state)
+{
+	struct server *s = server_new(&default_auth);
+	struct control_response resp;
+	struct control_deferred *d;
+	unsigned long before;
+	int fd = raw_connect(s->path);
+
+	raw_send(fd, "CARRIER/1 later\n", 16);
+	d = wait_later(s);
+	close(fd);
+	for (int i = 0; i < 300 && !control_deferred_cancelled(d); i++)
+		poll(NULL, 0, 10);
+	assert_true(control_deferred_cancelled(d));
+	before = evlog_count(s->log, EV_CONTROL_COMMAND);
+	finish_later(d, "nobody");
+	wait_count(s, EV_CONTROL_COMMAND, before + 1);
+	expect_request(s->path, "ping", 200, &resp);
+	control_response_clear(&resp);
+
+	/* Finished after the loop stopped: control_free() drops the reply. */
+	fd = raw_connect(s->path);
+	raw_send(fd, "CARRIER/1 later\n", 16);
+	d = wait_later(s);
+	event_base_loopbreak(s->base);
+	pthread_join(s->thread, NULL);
+	assert_int_equal(control_deferred_count(s->c), 1);
+	finish_later(d, "too late");
+	control_free(&s->c);
+	close(fd);
+	event_base_free(s->base);
+	evlog_free(&s->log);
+	rmdir(s->dir);
+	free(s);
 }
 
 static void test_server_pipelined_and_errors(void **state)
@@ -1165,6 +1302,8 @@ int main(void)
 		cmocka_unit_test(test_response_bounds),
 		cmocka_unit_test(test_server_commands),
 		cmocka_unit_test(test_server_pipelined_and_errors),
+		cmocka_unit_test(test_server_deferred),
+		cmocka_unit_test(test_server_deferred_peer_gone),
 		cmocka_unit_test(test_server_too_long),
 		cmocka_unit_test(test_server_timeout),
 		cmocka_unit_test(test_server_per_uid_cap),

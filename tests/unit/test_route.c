@@ -82,6 +82,23 @@ static void test_match_specificity(void **state)
 	conf_free(&c);
 }
 
+/* A reference outlives the owner's free (a reload while the queue reader
+ * walks): the table goes with the last one (ASan checks both ways). */
+static void test_table_ref(void **state)
+{
+	struct carrier_conf *c;
+	struct route_table *t = table(&c, "[route example.net]\nvia = smtp:[10.0.0.1]:25\n");
+	struct route_table *ref = route_table_ref(t);
+
+	assert_ptr_equal(ref, t);
+	route_table_free(&t);
+	assert_null(t);
+	assert_space(ref, "example.net", "example.net");
+	route_table_free(&ref);
+	assert_null(route_table_ref(NULL));
+	conf_free(&c);
+}
+
 static void test_cost_order(void **state)
 {
 	struct carrier_conf *c;
@@ -390,6 +407,7 @@ int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_match_specificity),
+		cmocka_unit_test(test_table_ref),
 		cmocka_unit_test(test_cost_order),
 		cmocka_unit_test(test_equal_cost_sharing),
 		cmocka_unit_test(test_implicit_rules),

@@ -2,8 +2,10 @@
  * Unit tests for the spool's administrative changes (spool_admin.c):
  * hold and release (a held message is not pending, and stays held across
  * a reopen), retry now, fail, delete of a pending message (inline and file
- * bodies), absent and repeated changes, and spool_foreach() seeing held
- * messages.  Each test uses its own mkdtemp spool.
+ * bodies), absent and repeated changes, spool_foreach() seeing held
+ * messages, and the stepwise walk (spool_foreach_step) meeting each message
+ * once across steps while messages come and go.  Each test uses its own
+ * mkdtemp spool.
  */
 #include <ftw.h>
 #include <stdarg.h>
@@ -211,11 +213,73 @@ static void test_retry_fail_delete(void **state)
 	spool_close(&sp);
 }
 
+/* A stepwise walk's callback: records qids in order. */
+struct stepper {
+	char qids[64][SPOOL_QID_SIZE];
+	size_t n;
+	size_t stop_at;              /* return 7 at this call (0: never) */
+};
+
+static int step_cb(void *arg, const struct spool_envelope *env)
+{
+	struct stepper *st = arg;
+
+	assert_true(st->n < 64);
+	memcpy(st->qids[st->n++], env->qid, SPOOL_QID_SIZE);
+	return st->n == st->stop_at ? 7 : 0;
+}
+
+static void test_foreach_step(void **state)
+{
+	struct test_dir *f = *state;
+	struct spool *sp = open_spool(f->path);
+	char q[20][SPOOL_QID_SIZE], added[SPOOL_QID_SIZE], err[256];
+	const char *victim[1];
+	struct stepper st = { 0 };
+	struct spool_walk w;
+	size_t steps = 0;
+
+	for (size_t i = 0; i < 20; i++)
+		queue_msg(sp, 10, q[i]);
+	/* Steps of 3 keys; after the first, one message comes and one goes:
+	 * 20 - 1 + 1 messages, in order, each once, the new one at the end. */
+	spool_walk_init(&w, NULL, 3);
+	do {
+		assert_int_equal(spool_foreach_step(sp, &w, step_cb, &st, err, sizeof err), 0);
+		if (++steps == 1) {
+			queue_msg(sp, 10, added);
+			victim[0] = q[19];
+			assert_int_equal(spool_admin(sp, SPOOL_ADMIN_DELETE, victim, 1, NULL, NULL,
+						     err, sizeof err), 1);
+		}
+	} while (!w.done);
+	assert_int_equal(st.n, 20);
+	assert_true(steps >= 7);
+	for (size_t i = 0; i < 19; i++)
+		assert_string_equal(st.qids[i], q[i]);
+	assert_string_equal(st.qids[19], added);
+
+	/* From after a qid, no step bound; a stop value ends the step and the
+	 * next one goes on after the message that stopped it. */
+	memset(&st, 0, sizeof st);
+	st.stop_at = 2;
+	spool_walk_init(&w, q[9], 0);
+	assert_int_equal(spool_foreach_step(sp, &w, step_cb, &st, err, sizeof err), 7);
+	assert_string_equal(st.qids[0], q[10]);
+	assert_string_equal(st.qids[1], q[11]);
+	assert_int_equal(spool_foreach_step(sp, &w, step_cb, &st, err, sizeof err), 0);
+	assert_true(w.done);
+	assert_string_equal(st.qids[2], q[12]);
+	assert_int_equal(st.n, 10);     /* q[10..18] and the one added */
+	spool_close(&sp);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test_setup_teardown(test_hold_release_survives_reopen, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_retry_fail_delete, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_foreach_step, setup, teardown),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
