@@ -129,12 +129,15 @@ class Harvest:
         self.d, self.sinks = d, sinks
         self.got, self.times = {}, {}
 
-    def add(self, head, when, copies=1):
+    def add(self, head, when, copies=1, began=None):
+        """`began`: when the delivering connection was opened (sinks), so
+        a copy is placed in the life of the carrierd that sent it even
+        when the sink, sharing this process, reads the data late."""
         m = MSGID.search(head)
         if m:
             k = m.group(1).decode()
             self.got[k] = self.got.get(k, 0) + copies
-            self.times.setdefault(k, []).append(when)
+            self.times.setdefault(k, []).append((when, began if began else when))
 
     def collect(self):
         if self.d.maildir.is_dir():
@@ -154,7 +157,8 @@ class Harvest:
                         self.add(head, when)
         for s in self.sinks:
             for t in s.take():
-                self.add(t.get("data") or b"", t.get("time", 0), len(t.get("rcpts") or [1]))
+                self.add(t.get("data") or b"", t.get("time", 0), len(t.get("rcpts") or [1]),
+                         t.get("conn_time"))
         return self.got
 
 
@@ -217,11 +221,13 @@ def main():
     ap.add_argument("--max-up", type=float, default=0.6, help="longest run between kills (s)")
     ap.add_argument("--drain", type=float, default=180, help="seconds allowed to drain")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--log-level", default="minimum",
+                    help="carrierd's level.delivery (medium logs every attempt's result)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     remote = runner_wired()
     sinks = []
-    conf = ("[log]\nlevel.delivery = minimum\n"
+    conf = (f"[log]\nlevel.delivery = {args.log_level}\n"
             "[spool]\ninline_max = 16k\n"
             "[delivery]\nretry_schedule = 1s\nconnect_timeout = 2s\ncommand_timeout = 5s\n")
     if remote:
@@ -282,18 +288,24 @@ def main():
     dup = {m: n for m, n in got.items() if n > 1}
     # A duplicate is explained when a kill fell between two of its copies
     # (delivered, then killed before the spool recorded it, then retried).
-    unexplained, windows = [], []
+    unexplained, windows, late_reads = [], [], 0
     for m in dup:
         ts = sorted(times.get(m, []))
-        for a, b in zip(ts, ts[1:]):
-            i = bisect.bisect_left(kill_times, a - 0.05)   # kill_times is sorted
+        for (a, a_began), (b, _) in zip(ts, ts[1:]):
+            # A kill after the first copy's connection opened (a carrierd
+            # cannot open one after its death) and before the second copy.
+            i = bisect.bisect_left(kill_times, min(a, a_began) - 0.05)   # sorted
             if i == len(kill_times) or kill_times[i] > b + 0.05:
                 unexplained.append(m)
                 break
             # How long the copy had been delivered when the kill came: the
             # kill fell inside the window between the next hop's 250 (or
             # the Maildir link) and the spool recording it.
-            windows.append(max(0.0, kill_times[i] - a))
+            j = bisect.bisect_left(kill_times, a - 0.05)
+            if j < len(kill_times) and kill_times[j] <= b + 0.05:
+                windows.append(max(0.0, kill_times[j] - a))
+            else:
+                late_reads += 1
     dup_local = sum(1 for m in dup if m in acked and acked[m][0].endswith("@localhost"))
     unacked = sorted(m for m in got if m not in acked)
     crashes = [l for l in d.stderr().splitlines() if "Sanitizer" in l or "Segmentation" in l]
@@ -313,7 +325,8 @@ def main():
         per_kill = (sum(dup.values()) - len(dup)) / max(1, args.kills)
         print(f"duplicate window (delivered -> kill, the copy not yet recorded): "
               f"median {q(0.5):.0f} ms, p90 {q(0.9):.0f} ms, p99 {q(0.99):.0f} ms, "
-              f"max {windows[-1] * 1000:.0f} ms; {per_kill:.2f} extra copies per kill")
+              f"max {windows[-1] * 1000:.0f} ms; {per_kill:.2f} extra copies per kill; "
+              f"{late_reads} first copies sent before a kill and read by the sink after it")
     for s in sinks:
         s.stop()
     bad = False
@@ -328,7 +341,9 @@ def main():
         for m in unexplained[:5]:
             qid = re.search(r"queued as (\w+)", acked.get(m, ("", ""))[1])
             ts = sorted(times.get(m, []))
-            print(f"  {m} {acked.get(m, ('?',))[0]} copies at {ts}")
+            i = bisect.bisect_left(kill_times, ts[0][0]) if ts else 0
+            near = kill_times[max(0, i - 1):i + 1]
+            print(f"  {m} {acked.get(m, ('?',))[0]} copies at {ts}, nearest kills {near}")
             if qid:
                 for e in events_naming(d, qid.group(1)):
                     print(f"    {e.get('time', '')} {e['event']}: {e.get('msg', '')[:200]}")

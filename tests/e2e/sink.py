@@ -161,6 +161,7 @@ class Session(asyncio.Protocol):
 
     def connection_made(self, transport):
         self.transport = transport
+        self.conn_time = time.time()
         with self.rec.lock:
             self.rec.connections += 1
             self.rec.open += 1
@@ -244,6 +245,7 @@ class Session(asyncio.Protocol):
             "delivered": [r[0] for r, f in zip(self.rcpts, finals) if f.startswith("2")],
             "size": len(body),
             "time": time.time(),
+            "conn_time": getattr(self, "conn_time", 0.0),
         }
         keep = self.o.keep_data      # True, False, or a byte count (the head)
         t["data"] = body if keep is True else body[:keep] if keep else b""
