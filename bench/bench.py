@@ -462,7 +462,7 @@ class Carrier:
             f"[control]\nsocket = {self.dir / 'carrierd.sock'}\n"
             f"[counters]\nshm_name = {self.shm}\n"
             f"[log]\njson = {self.json_log}\nsyslog = no\n"
-            f"{route}{extra_conf}")
+            f"{route}{extra_conf}{bench.carrier_conf}")
 
     def check_conf(self):
         r = subprocess.run([str(self.b.carrierd), "-n", "-c", str(self.conf)],
@@ -730,6 +730,9 @@ class Bench:
         self.relay = None      # carrier relays to the sink?
         self.profiles = {}     # scenario -> perf report lines
         self.max_conns = max(20000, args.d + 1000)
+        self.carrier_conf = ""
+        if args.carrier_conf:
+            self.carrier_conf = "\n" + pathlib.Path(args.carrier_conf).read_text()
         self.acct_mode = detect_cgroup()[0]
         self.work = pathlib.Path(tempfile.mkdtemp(prefix="carrier-bench-", dir=args.workdir))
         self.work.chmod(0o755)
@@ -1400,6 +1403,9 @@ class Bench:
         L.append(f"| carrier | {self.version_carrier}, {self.build.relative_to(ROOT) if self.build.is_relative_to(ROOT) else self.build} (-O2), "
                  f"source tree {m['git']}"
                  f"{' (-dirty: built with uncommitted changes)' if m['git'].endswith('-dirty') else ''} |")
+        if self.carrier_conf.strip():
+            extra = "; ".join(l.strip() for l in self.carrier_conf.splitlines() if l.strip())
+            L.append(f"| carrier settings added | `{extra}` (--carrier-conf) |")
         L.append(f"| Postfix | {self.version_postfix}, private instance, shipped durability |")
         L.append(f"| load / sink | Postfix smtp-source / smtp-sink on 127.0.0.1 |")
         L.append(f"| CPU accounting | {self.acct_mode} |")
@@ -1546,6 +1552,9 @@ def main():
                     help="Postfix logs to a file in its run directory (debugging)")
     ap.add_argument("--workdir", default=None, help="parent of the temporary directory")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
+    ap.add_argument("--carrier-conf", default=None, metavar="FILE",
+                    help="append FILE to the configuration of every carrierd the bench starts "
+                         "(experiments: try a setting against the shipped defaults)")
     ap.add_argument("--report", default="bench/results/latest.md")
     ap.add_argument("--source", default=None,
                     help="what --build was built from, for the report (default: git describe "
