@@ -926,6 +926,7 @@ static int open_spool(struct daemon *d)
 	spool_opts_init(&so);
 	so.map_size = d->conf->spool_map_size;
 	so.inline_max = d->conf->spool_inline_max;
+	so.inline_memory = d->conf->spool_inline_memory;
 	so.space_margin = d->conf->spool_min_free;
 	so.commit_delay_us = d->conf->commit_delay_us;
 	d->spool = spool_open(d->conf->spool_path, &so, d->log, err, sizeof err);

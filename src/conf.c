@@ -77,8 +77,9 @@ static const struct conf_key conf_keys[] = {
 
 	{ "spool", "path", CT_PATH, OFF(spool_path), "/var/spool/carrier", 0, 0, "a directory path" },
 	{ "spool", "min_free_space", CT_SIZE, OFF(spool_min_free), "100M", 0, 1024 * GB, "a size such as 100M or 1G" },
-	{ "spool", "inline_max", CT_SIZE, OFF(spool_inline_max), "64k", 1 * KB, 64 * MB, "a size from 1k to 64M" },
-	{ "spool", "map_size", CT_SIZE, OFF(spool_map_size), "4G", 16 * MB, 1024 * GB, "a size from 16M to 1T (LMDB map size, address space only)" },
+	{ "spool", "inline_max", CT_SIZE, OFF(spool_inline_max), "256k", 1 * KB, 64 * MB, "a size from 1k to 64M" },
+	{ "spool", "inline_memory", CT_SIZE, OFF(spool_inline_memory), "64M", 1 * MB, 64 * GB, "a size from 1M to 64G" },
+	{ "spool", "map_size", CT_SIZE, OFF(spool_map_size), "64G", 16 * MB, 1024 * GB, "a size from 16M to 1T (LMDB map size, address space only)" },
 	{ "spool", "commit_delay", CT_UINT, OFF(commit_delay_us), "2000", 0, 100000, "microseconds from 0 to 100000 to wait for more messages per commit" },
 
 	{ "local", "maildir", CT_PATH, OFF(maildir_path), "/var/lib/carrier/mail", 0, 0, "a directory path; mail for USER@local-domain goes to PATH/USER/" },

@@ -90,6 +90,7 @@ struct carrier_conf {
 	char *spool_path;
 	uint64_t spool_min_free;        /* bytes kept free besides 1.5 x size */
 	uint64_t spool_inline_max;      /* bodies larger go to files */
+	uint64_t spool_inline_memory;   /* all in-memory bodies together */
 	uint64_t spool_map_size;        /* LMDB map size */
 	unsigned commit_delay_us;       /* group commit window */
 

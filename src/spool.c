@@ -73,7 +73,8 @@ void spool_opts_init(struct spool_opts *o)
 {
 	memset(o, 0, sizeof *o);
 	o->map_size = (size_t)1 << 30;
-	o->inline_max = 64 * 1024;
+	o->inline_max = 256 * 1024;
+	o->inline_memory = (size_t)64 << 20;
 	o->space_margin = (uint64_t)64 << 20;
 	o->commit_delay_us = 0;
 	o->max_batch = 1024;
@@ -383,6 +384,15 @@ int spool_msg_add_rcpt(struct spool_msg *m, const char *addr,
 	return 0;
 }
 
+/* Gives back the memory of m's in-memory body. */
+static void msg_mem_release(struct spool_msg *m)
+{
+	atomic_fetch_sub(&m->sp->mem_held, m->memcap);
+	free(m->mem);
+	m->mem = NULL;
+	m->memlen = m->memcap = 0;
+}
+
 /* Moves the in-memory body to body/<qid>.tmp; later bytes go there too. */
 static int msg_spill(struct spool_msg *m, char *err, size_t errlen)
 {
@@ -402,9 +412,7 @@ static int msg_spill(struct spool_msg *m, char *err, size_t errlen)
 		       strerror(errno));
 		return -1;
 	}
-	free(m->mem);
-	m->mem = NULL;
-	m->memlen = m->memcap = 0;
+	msg_mem_release(m);
 	return 0;
 }
 
@@ -424,6 +432,7 @@ static int msg_mem_append(struct spool_msg *m, const void *bytes, size_t len,
 			seterr(err, errlen, "out of memory for a %zu-byte body", ncap);
 			return -1;
 		}
+		atomic_fetch_add(&m->sp->mem_held, ncap - m->memcap);
 		m->mem = np;
 		m->memcap = ncap;
 	}
@@ -432,13 +441,26 @@ static int msg_mem_append(struct spool_msg *m, const void *bytes, size_t len,
 	return 0;
 }
 
+/* Would m's body stay in memory with len more bytes? */
+static bool msg_fits_memory(const struct spool_msg *m, size_t len)
+{
+	const struct spool *sp = m->sp;
+	size_t want = m->memlen + len;
+
+	if (want > sp->opts.inline_max)
+		return false;
+	if (want <= SPOOL_INLINE_ALWAYS || want <= m->memcap)
+		return true;
+	/* growth: at most doubling, as msg_mem_append does */
+	return atomic_load(&sp->mem_held) + want <= sp->opts.inline_memory;
+}
+
 int spool_msg_append(struct spool_msg *m, const void *bytes, size_t len,
 		     char *err, size_t errlen)
 {
 	if (len == 0)
 		return 0;
-	if (m->fd < 0 && m->memlen + len > m->sp->opts.inline_max &&
-	    msg_spill(m, err, errlen) < 0)
+	if (m->fd < 0 && !msg_fits_memory(m, len) && msg_spill(m, err, errlen) < 0)
 		return -1;
 	if (m->fd >= 0) {
 		if (write_all(m->fd, bytes, len) < 0) {
@@ -468,7 +490,7 @@ static void msg_free(struct spool_msg *m, const char *unlink_name)
 	    unlinkat(m->sp->bodyfd, unlink_name, 0) < 0 && errno != ENOENT)
 		evlog_emit(m->sp->log, EV_SPOOL_FILE_CLEANUP_FAILED,
 			   EVF_S("file", unlink_name), EVF_S("reason", strerror(errno)));
-	free(m->mem);
+	msg_mem_release(m);
 	spool_record_envelope_clear(&m->env);
 	free(m);
 }
@@ -613,7 +635,9 @@ static int put_body(struct spool *sp, MDB_txn *txn, struct spool_msg *m)
 	crc = spool_record_header(b, SPOOL_RECORD_BODY, (uint32_t)m->memlen);
 	if (m->memlen > 0)
 		memcpy(b + 8, m->mem, m->memlen);
-	crc = spool_record_crc32(crc, b + 8, m->memlen);
+	/* from the CRC taken as the bytes arrived: no second pass, and a
+	 * byte damaged in memory since then shows at the next read */
+	crc = spool_record_crc32_combine(crc, m->env.body_crc, m->memlen);
 	spool_record_put_u32(b + 8 + m->memlen, crc);
 	return 0;
 }
@@ -1445,7 +1469,9 @@ static struct spool *spool_alloc(const char *path, const struct spool_opts *opts
 		if (sp->opts.map_size == 0)
 			sp->opts.map_size = (size_t)1 << 30;
 		if (sp->opts.inline_max == 0)
-			sp->opts.inline_max = 64 * 1024;
+			sp->opts.inline_max = 256 * 1024;
+		if (sp->opts.inline_memory == 0)
+			sp->opts.inline_memory = (size_t)64 << 20;
 		if (sp->opts.max_batch == 0)
 			sp->opts.max_batch = 1024;
 	}

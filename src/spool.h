@@ -92,9 +92,13 @@ struct spool_body;
 struct evlog;
 struct event_base;
 
+/* Bodies up to this size stay in memory whatever inline_memory says. */
+#define SPOOL_INLINE_ALWAYS ((size_t)64 * 1024)
+
 struct spool_opts {
 	size_t map_size;          /* LMDB map size; default 1 GiB */
-	size_t inline_max;        /* bodies above this go to a file; 64 KiB */
+	size_t inline_max;        /* bodies above this go to a file; 256 KiB */
+	size_t inline_memory;     /* all bodies in memory together; 64 MiB */
 	uint64_t space_margin;    /* bytes always left free; default 64 MiB */
 	unsigned commit_delay_us; /* wait this long to batch more; default 0 */
 	unsigned max_batch;       /* messages per commit at most; 1024 */
@@ -229,7 +233,10 @@ int spool_msg_add_rcpt(struct spool_msg *m, const char *addr,
 		       unsigned notify, const char *orcpt);
 /*
  * Appends body bytes.  Up to inline_max they stay in memory; past that the
- * builder writes them (as they come) to body/<qid>.tmp.  Returns 0, or -1
+ * builder writes them (as they come) to body/<qid>.tmp.  Past
+ * SPOOL_INLINE_ALWAYS, a body also goes to its file when the bodies held
+ * in memory by every builder and uncommitted message together would pass
+ * inline_memory, so many large transfers at once cannot exhaust memory.  Returns 0, or -1
  * with a reason (write error, ENOSPC); the caller then aborts the message.
  */
 int spool_msg_append(struct spool_msg *m, const void *bytes, size_t len,

@@ -7,6 +7,7 @@
 
 #include <lmdb.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -57,6 +58,11 @@ struct spool {
 	char reopen_reason[ERRLEN];
 	struct timespec reopen_at; /* next attempt (monotonic) */
 	unsigned reopen_delay_s;   /* backoff after a failed reopen */
+
+	/* Capacity of every builder's in-memory body (loop threads grow it,
+	 * the spool thread frees it after the commit): checked against
+	 * opts.inline_memory. */
+	atomic_size_t mem_held;
 
 	pthread_mutex_t qid_mu;    /* queue-ID generator */
 	uint64_t qid_us;

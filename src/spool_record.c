@@ -54,6 +54,46 @@ uint32_t spool_record_crc32(uint32_t crc, const void *p, size_t n)
 	return ~crc;
 }
 
+/*
+ * CRC combination works in GF(2) polynomials modulo the CRC polynomial
+ * (reflected bit order: bit 31 is x^0).  Appending len_b zero bytes to A
+ * multiplies its register by x^(8 * len_b); B's CRC then adds in, as the
+ * pre- and post-inversions of both cancel out.
+ */
+#define CRC32_POLY 0xEDB88320u
+
+/* a * b modulo the polynomial */
+static uint32_t crc_mulmod(uint32_t a, uint32_t b)
+{
+	uint32_t m = (uint32_t)1 << 31, p = 0;
+
+	for (; m != 0; m >>= 1) {
+		if (a & m)
+			p ^= b;
+		b = (b & 1) ? (b >> 1) ^ CRC32_POLY : b >> 1;
+	}
+	return p;
+}
+
+/* x^(8 * n) modulo the polynomial, by squaring */
+static uint32_t crc_x8n(uint64_t n)
+{
+	uint32_t result = (uint32_t)1 << 31;   /* x^0 */
+	uint32_t sq = (uint32_t)1 << 23;       /* x^8 */
+
+	for (; n != 0; n >>= 1) {
+		if (n & 1)
+			result = crc_mulmod(sq, result);
+		sq = crc_mulmod(sq, sq);
+	}
+	return result;
+}
+
+uint32_t spool_record_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b)
+{
+	return crc_mulmod(crc_x8n(len_b), crc_a) ^ crc_b;
+}
+
 static void seterr(char *err, size_t errlen, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
 static void seterr(char *err, size_t errlen, const char *fmt, ...)

@@ -40,6 +40,11 @@ enum spool_record_type {
 /* CRC32 (IEEE 802.3, reflected); start with crc = 0. */
 uint32_t spool_record_crc32(uint32_t crc, const void *p, size_t n);
 
+/* The CRC of A followed by B from crc_a = crc32(0, A), crc_b = crc32(0, B)
+ * and B's length, without reading B (O(log len_b)): a body's CRC, taken as
+ * it arrived, then frames it without a second pass. */
+uint32_t spool_record_crc32_combine(uint32_t crc_a, uint32_t crc_b, uint64_t len_b);
+
 /*
  * Frames a payload: writes SPOOL_RECORD_OVERHEAD + plen bytes into a new
  * buffer (*buf_r, caller frees).  Returns 0 or -1 (allocation, too large).

@@ -105,7 +105,7 @@ def test_body_from_spool_large_with_dots(driver, sink, tmp_path):
     # Over the spool's inline limit (a body file), lines starting with dots,
     # no final CRLF: the peer gets the same bytes plus the CRLF.
     lines = [b"Subject: big", b""] + [(b"." if i % 3 == 0 else b"") + b"line %d " % i + b"x" * 70
-                                      for i in range(3000)]
+                                      for i in range(4000)]
     body = b"\r\n".join(lines) + b"\r\n.\r\n..\r\nlast line"
     s = sink()
     jobs, _ = run(driver, tmp_path, [f"127.0.0.1:{s.port}"], ["ok@x.test"], body=body,

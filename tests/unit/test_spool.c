@@ -247,7 +247,7 @@ static void test_round_trip(void **state)
 static void test_large_body_spills(void **state)
 {
 	struct test_dir *f = *state;
-	struct spool *sp = open_spool(f->path, 0);   /* default inline_max 64 KiB */
+	struct spool *sp = open_spool(f->path, 0);   /* default inline_max 256 KiB */
 	size_t size = 3 * 1024 * 1024 + 17;
 	struct spool_msg *m = make_msg(sp, 1, size);
 	char err[256] = "", qid[SPOOL_QID_SIZE], p[256];
@@ -262,10 +262,63 @@ static void test_large_body_spills(void **state)
 	assert_int_equal(st.st_size, size);
 	check_body(sp, qid, size, true);
 
-	/* exactly inline_max stays inline */
-	m = make_msg(sp, 1, 64 * 1024);
+	/* exactly inline_max stays inline, one byte more does not */
+	m = make_msg(sp, 1, 256 * 1024);
 	assert_int_equal(spool_commit(sp, &m, qid, err, sizeof err), 0);
-	check_body(sp, qid, 64 * 1024, false);
+	check_body(sp, qid, 256 * 1024, false);
+	m = make_msg(sp, 1, 256 * 1024 + 1);
+	assert_int_equal(spool_commit(sp, &m, qid, err, sizeof err), 0);
+	check_body(sp, qid, 256 * 1024 + 1, true);
+	spool_close(&sp);
+}
+
+static bool has_tmp_file(const char *dir, struct spool_msg *m)
+{
+	char p[512];
+	struct stat st;
+
+	snprintf(p, sizeof p, "%s/body/%s.tmp", dir, spool_msg_qid(m));
+	return stat(p, &st) == 0;
+}
+
+/* Many large bodies in transfer at once: past inline_memory, a body over
+ * 64 KiB goes to its file although it is under inline_max; small ones stay
+ * in memory; memory given back by a commit is usable again. */
+static void test_inline_memory_budget(void **state)
+{
+	struct test_dir *f = *state;
+	struct spool_opts o;
+	char err[512] = "", qid[SPOOL_QID_SIZE];
+	struct spool_msg *big[8], *small, *m;
+	struct spool *sp;
+	size_t n_file = 0;
+
+	spool_opts_init(&o);
+	o.space_margin = 0;
+	o.inline_memory = 1 << 20;   /* 1 MiB: room for about four 200 KiB bodies */
+	sp = spool_open(f->path, &o, NULL, err, sizeof err);
+	assert_non_null(sp);
+	for (size_t i = 0; i < 8; i++) {
+		big[i] = make_msg(sp, 1, 200 * 1024);
+		n_file += has_tmp_file(f->path, big[i]);
+	}
+	assert_false(has_tmp_file(f->path, big[0]));
+	assert_true(has_tmp_file(f->path, big[7]));
+	assert_in_range(n_file, 3, 6);
+	small = make_msg(sp, 1, 60 * 1024);   /* under 64 KiB: always in memory */
+	assert_false(has_tmp_file(f->path, small));
+	assert_int_equal(spool_commit(sp, &small, qid, err, sizeof err), 0);
+	check_body(sp, qid, 60 * 1024, false);
+	for (size_t i = 0; i < 8; i++) {
+		bool in_file = has_tmp_file(f->path, big[i]);
+
+		assert_int_equal(spool_commit(sp, &big[i], qid, err, sizeof err), 0);
+		check_body(sp, qid, 200 * 1024, in_file);
+	}
+	/* every builder's memory was given back: a large body fits again */
+	m = make_msg(sp, 1, 200 * 1024);
+	assert_false(has_tmp_file(f->path, m));
+	spool_msg_abort(&m);
 	spool_close(&sp);
 }
 
@@ -1229,6 +1282,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_panic_reopens, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_panic_reopen_retries, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_in_use_refused, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_inline_memory_budget, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_map_full_isolated, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_no_space_removes_body, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_chown_then_drop_privileges, setup, teardown),

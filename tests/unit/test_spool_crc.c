@@ -132,12 +132,34 @@ static void test_record_frame_crc(void **state)
 	free(rec);
 }
 
+static void test_combine(void **state)
+{
+	/* CRC(A || B) from CRC(A), CRC(B) and |B|, against the reference over
+	 * the joined bytes: empty parts, every small length, large ones */
+	enum { N = 300 * 1024 };
+	uint8_t *buf = malloc(N);
+
+	(void)state;
+	assert_non_null(buf);
+	for (size_t i = 0; i < N; i++)
+		buf[i] = (uint8_t)rng();
+	for (size_t t = 0; t < 600; t++) {
+		size_t a = t < 300 ? t % 20 : (size_t)(rng() % 5000);
+		size_t b = t < 300 ? t / 20 : (size_t)(rng() % (N - a));
+		uint32_t ca = old_crc32(0, buf, a), cb = old_crc32(0, buf + a, b);
+
+		assert_int_equal(spool_record_crc32_combine(ca, cb, b), old_crc32(0, buf, a + b));
+	}
+	free(buf);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_known_vectors),
 		cmocka_unit_test(test_same_as_nibble_table),
 		cmocka_unit_test(test_record_frame_crc),
+		cmocka_unit_test(test_combine),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
