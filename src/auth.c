@@ -147,6 +147,14 @@ unsigned auth_limiter_fail(struct auth_limiter *l, const struct sockaddr *addr,
 	return ++s->failures;
 }
 
+void auth_limiter_unfail(struct auth_limiter *l, const struct sockaddr *addr)
+{
+	struct auth_slot *s = l ? find(l, addr, 1, UINT32_MAX, false) : NULL;
+
+	if (s != NULL && s->failures > 0)
+		s->failures--;
+}
+
 void auth_limiter_clear(struct auth_limiter *l, const struct sockaddr *addr)
 {
 	struct auth_slot *s = l ? find(l, addr, 1, UINT32_MAX, false) : NULL;

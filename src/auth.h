@@ -54,6 +54,10 @@ unsigned auth_limiter_failures(struct auth_limiter *l, const struct sockaddr *ad
 unsigned auth_limiter_fail(struct auth_limiter *l, const struct sockaddr *addr,
 			   int64_t now, unsigned window);
 
+/* Takes back one failure of `addr` recorded ahead of an answer that
+ * turned out to be no answer (the password backend failed). */
+void auth_limiter_unfail(struct auth_limiter *l, const struct sockaddr *addr);
+
 /* Forgets `addr` (a successful AUTH). */
 void auth_limiter_clear(struct auth_limiter *l, const struct sockaddr *addr);
 

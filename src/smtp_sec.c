@@ -367,8 +367,11 @@ static void dovecot_done(void *arg, enum dovecot_auth_result r, const char *user
 	if (r == DOVECOT_AUTH_OK) {
 		auth_succeeded(s, mech, user[0] ? user : sec->login);
 	} else if (r == DOVECOT_AUTH_FAIL) {
-		auth_failed(s, mech, sec->login, false);
+		auth_failed(s, mech, sec->login, true);
 	} else {
+		/* no verdict: the failure counted when the question went out
+		 * is taken back */
+		auth_limiter_unfail(s->srv->auth_fails, &s->peer.sa);
 		evlog_emit(s->srv->log, EV_AUTH_BACKEND_FAILED, EVF_S("client", s->addr),
 			   EVF_S("user", sec->login),
 			   EVF_S("socket", s->srv->conf->auth_dovecot_socket), EVF_S("reason", reason));
@@ -380,12 +383,21 @@ static void dovecot_done(void *arg, enum dovecot_auth_result r, const char *user
 		smtp_session_resume(s);
 }
 
-/* Asks Dovecot; the session waits (reading paused) for the answer. */
+/* Asks Dovecot; the session waits (reading paused) for the answer.  As
+ * with the verifier threads, the question counts as a failure until the
+ * answer says otherwise, so parallel sessions of one address cannot ask
+ * more than max_failures times in the window. */
 static void auth_ask_dovecot(struct smtp_session *s, const char *mech)
 {
 	struct smtp_sec *sec = s->sec;
+	unsigned failures = auth_failures(s);
 	char err[256];
 
+	if (failures >= s->srv->conf->auth_max_failures) {
+		auth_reset(s);
+		auth_too_many(s, failures);
+		return;
+	}
 	snprintf(sec->login, sizeof sec->login, "%s", sec->creds.user);
 	sec->pending_mech = mech;
 	sec->dovecot = dovecot_auth_start(s->srv->base, s->srv->conf->auth_dovecot_socket,
@@ -401,6 +413,8 @@ static void auth_ask_dovecot(struct smtp_session *s, const char *mech)
 		smtp_session_reply(s, 454, "4.7.0", "Temporary authentication failure");
 		return;
 	}
+	auth_limiter_fail(s->srv->auth_fails, &s->peer.sa, (int64_t)time(NULL),
+			  s->srv->conf->auth_failure_window);
 	s->mode = SMTP_MODE_AUTH_DELAY;
 }
 

@@ -17,6 +17,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
+import threading
 import time
 
 import pytest
@@ -532,6 +533,65 @@ def test_auth_delegated_to_dovecot(make_daemon, pki, dovecot_auth):
             b"\0dave\0daves password").decode())
         assert (code, msg) == (454, b"4.7.0 Temporary authentication failure")
     t.d.wait_event("AUTH_BACKEND_FAILED")
+
+
+def test_dovecot_parallel_guesses_stay_within_max_failures(make_daemon, pki, dovecot_auth):
+    # A question to Dovecot counts as a failure until it is answered, so
+    # sessions of one address guessing side by side get max_failures
+    # answers from Dovecot in all, not one each; the rest get 421 at once.
+    t = start_tls_daemon(make_daemon, pki,
+                         auth_extra=f"dovecot_socket = {dovecot_auth['socket']}\n"
+                                    "max_failures = 3\n")
+    clients = [t.submission(timeout=30) for _ in range(10)]
+    guess = "PLAIN " + base64.b64encode(b"\0dave\0wrong").decode()
+    for s in clients:
+        s.putcmd("AUTH", guess)
+    codes = []
+    for s in clients:
+        codes.append(s.getreply()[0])
+        s.close()
+    assert set(codes) <= {421, 535}, codes
+    assert codes.count(421) >= 7, codes
+    assert len(t.d.events("AUTH_FAILED")) == 3
+    t.d.wait_event("AUTH_TOO_MANY_FAILURES")
+
+
+def test_dovecot_hanging_up_is_not_a_failure(make_daemon, pki, tmp_path):
+    # An auth socket that accepts and hangs up (a Dovecot dying mid-answer)
+    # gives 454, and the failure counted when the question went out is
+    # taken back: after more than max_failures such attempts, no 421.
+    path = tmp_path / "auth-client"
+    srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    srv.bind(str(path))
+    os.chmod(path, 0o666)
+    srv.listen(16)
+    stop = threading.Event()
+
+    def hang_up():
+        srv.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except socket.timeout:
+                continue
+            conn.close()
+
+    th = threading.Thread(target=hang_up, daemon=True)
+    th.start()
+    try:
+        t = start_tls_daemon(make_daemon, pki,
+                             auth_extra=f"dovecot_socket = {path}\nmax_failures = 2\n")
+        good = "PLAIN " + base64.b64encode(b"\0dave\0daves password").decode()
+        for _ in range(4):
+            with t.submission() as s:
+                assert s.docmd("AUTH", good)[0] == 454
+        assert len(t.d.events("AUTH_BACKEND_FAILED")) == 4
+        assert not t.d.events("AUTH_TOO_MANY_FAILURES")
+        assert not t.d.events("AUTH_FAILED")
+    finally:
+        stop.set()
+        th.join(5)
+        srv.close()
 
 
 # ---- startup checks and reload -------------------------------------------------------
