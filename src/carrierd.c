@@ -1194,6 +1194,9 @@ int main(int argc, char **argv)
 		return DIAG_EXIT_CONFIG;
 	}
 	apply_log_conf(&d, d.conf);
+	/* after apply_log_conf, so that the configured sinks get it too */
+	evlog_emit(d.log, EV_CONFIG_LOADED,
+		   EVF_S("file", d.opt.conf_path ? d.opt.conf_path : "<embedded>"));
 	evthread_use_pthreads();
 	if (!d.opt.foreground && (rc = daemonize(&d)) != 0)
 		goto out;
