@@ -1,8 +1,9 @@
 /*
- * Unit tests for spool_record_crc32 (slicing-by-8): known vectors, and
+ * Unit tests for spool_record_crc32 (PCLMULQDQ folding from 64 bytes on
+ * CPUs that have it, slicing-by-8 for the rest): known vectors, and
  * equality with the former nibble-table implementation (kept here only) over
  * random buffers of every length 0..4096 at every alignment, whole and split
- * in two, so the spool's on-disk CRCs are unchanged.
+ * in two, so the spool's on-disk CRCs are unchanged; and CRC combination.
  */
 #include <stdarg.h>
 #include <stddef.h>
