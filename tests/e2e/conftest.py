@@ -235,3 +235,15 @@ def connect_banner(port, host="127.0.0.1", timeout=5):
     f = s.makefile("rb")
     line = f.readline()
     return s, line.decode(errors="replace")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Removes this run's counter segments that a daemon left behind: one
+    killed with SIGKILL never unlinks its /dev/shm/carrier-test-PID-PORT,
+    and a test that starts a daemon a second time on a new port leaves the
+    first name to nobody."""
+    for p in pathlib.Path("/dev/shm").glob(f"carrier-test-{os.getpid()}-*"):
+        try:
+            p.unlink()
+        except OSError:
+            pass
