@@ -355,6 +355,45 @@ static void auth_succeeded(struct smtp_session *s, const char *mech, const char 
 	smtp_session_reply(s, 235, "2.7.0", "Authentication successful");
 }
 
+/*
+ * A password question (to Dovecot or the verifier threads) counts as a
+ * failure from when it is asked until its answer says otherwise, and the
+ * address's failures are checked again before asking (other sessions may
+ * have failed since this one's AUTH command): with questions running side
+ * by side, one address still gets no more than max_failures guesses in
+ * the window.
+ */
+
+/* False (and the session closes with 421) when the address may not ask. */
+static bool auth_may_ask(struct smtp_session *s)
+{
+	unsigned failures = auth_failures(s);
+
+	if (failures < s->srv->conf->auth_max_failures)
+		return true;
+	auth_reset(s);
+	auth_too_many(s, failures);
+	return false;
+}
+
+static void auth_asked(struct smtp_session *s)
+{
+	auth_limiter_fail(s->srv->auth_fails, &s->peer.sa, (int64_t)time(NULL),
+			  s->srv->conf->auth_failure_window);
+	s->mode = SMTP_MODE_AUTH_DELAY;
+}
+
+/* After the answer's verdict was given: the session reads again. */
+static void auth_answered(struct smtp_session *s)
+{
+	struct smtp_sec *sec = s->sec;
+
+	if (!sec->authed)
+		sec->login[0] = '\0';
+	if (s->bev != NULL)
+		smtp_session_resume(s);
+}
+
 static void dovecot_done(void *arg, enum dovecot_auth_result r, const char *user,
 			 const char *reason)
 {
@@ -369,35 +408,24 @@ static void dovecot_done(void *arg, enum dovecot_auth_result r, const char *user
 	} else if (r == DOVECOT_AUTH_FAIL) {
 		auth_failed(s, mech, sec->login, true);
 	} else {
-		/* no verdict: the failure counted when the question went out
-		 * is taken back */
+		/* no verdict: the failure counted when it was asked is taken back */
 		auth_limiter_unfail(s->srv->auth_fails, &s->peer.sa);
 		evlog_emit(s->srv->log, EV_AUTH_BACKEND_FAILED, EVF_S("client", s->addr),
 			   EVF_S("user", sec->login),
 			   EVF_S("socket", s->srv->conf->auth_dovecot_socket), EVF_S("reason", reason));
 		smtp_session_reply(s, 454, "4.7.0", "Temporary authentication failure");
 	}
-	if (!sec->authed)
-		sec->login[0] = '\0';
-	if (s->bev != NULL)
-		smtp_session_resume(s);
+	auth_answered(s);
 }
 
-/* Asks Dovecot; the session waits (reading paused) for the answer.  As
- * with the verifier threads, the question counts as a failure until the
- * answer says otherwise, so parallel sessions of one address cannot ask
- * more than max_failures times in the window. */
+/* Asks Dovecot; the session waits (reading paused) for dovecot_done. */
 static void auth_ask_dovecot(struct smtp_session *s, const char *mech)
 {
 	struct smtp_sec *sec = s->sec;
-	unsigned failures = auth_failures(s);
 	char err[256];
 
-	if (failures >= s->srv->conf->auth_max_failures) {
-		auth_reset(s);
-		auth_too_many(s, failures);
+	if (!auth_may_ask(s))
 		return;
-	}
 	snprintf(sec->login, sizeof sec->login, "%s", sec->creds.user);
 	sec->pending_mech = mech;
 	sec->dovecot = dovecot_auth_start(s->srv->base, s->srv->conf->auth_dovecot_socket,
@@ -405,17 +433,15 @@ static void auth_ask_dovecot(struct smtp_session *s, const char *mech)
 					  smtp_sec_tls_active(s), s->srv->conf->command_timeout,
 					  dovecot_done, s, err, sizeof err);
 	auth_reset(s);
-	if (sec->dovecot == NULL) {
-		evlog_emit(s->srv->log, EV_AUTH_BACKEND_FAILED, EVF_S("client", s->addr),
-			   EVF_S("user", sec->login),
-			   EVF_S("socket", s->srv->conf->auth_dovecot_socket), EVF_S("reason", err));
-		sec->login[0] = '\0';
-		smtp_session_reply(s, 454, "4.7.0", "Temporary authentication failure");
+	if (sec->dovecot != NULL) {
+		auth_asked(s);
 		return;
 	}
-	auth_limiter_fail(s->srv->auth_fails, &s->peer.sa, (int64_t)time(NULL),
-			  s->srv->conf->auth_failure_window);
-	s->mode = SMTP_MODE_AUTH_DELAY;
+	evlog_emit(s->srv->log, EV_AUTH_BACKEND_FAILED, EVF_S("client", s->addr),
+		   EVF_S("user", sec->login),
+		   EVF_S("socket", s->srv->conf->auth_dovecot_socket), EVF_S("reason", err));
+	sec->login[0] = '\0';
+	smtp_session_reply(s, 454, "4.7.0", "Temporary authentication failure");
 }
 
 static void verifier_done(void *arg, bool ok)
@@ -429,54 +455,38 @@ static void verifier_done(void *arg, bool ok)
 		auth_succeeded(s, sec->pending_mech, sec->login);
 	else
 		auth_failed(s, sec->pending_mech, sec->login, true);
-	if (!sec->authed)
-		sec->login[0] = '\0';
-	if (s->bev != NULL)
-		smtp_session_resume(s);
+	auth_answered(s);
 }
 
-/*
- * Hands the password to the verifier threads; the session waits (reading
- * paused) for verifier_done.  The attempt counts as a failure from now
- * until it succeeds, and the address's failures are checked again here
- * (other sessions may have failed since this one's AUTH command): with
- * checks running side by side, one address still gets no more than
- * max_failures guesses in the window.
- */
+/* Hands the password to the verifier threads; the session waits (reading
+ * paused) for verifier_done. */
 static void auth_ask_verifier(struct smtp_session *s, const char *mech)
 {
 	struct smtp_server *srv = s->srv;
 	struct smtp_sec *sec = s->sec;
-	struct verifier *v = NULL;
-	unsigned failures = auth_failures(s);
+	struct verifier *v;
 	char err[256] = "";
 	bool full = false;
 
+	if (!auth_may_ask(s))
+		return;
 	snprintf(sec->login, sizeof sec->login, "%s", sec->creds.user);
 	sec->pending_mech = mech;
-	if (failures < srv->conf->auth_max_failures &&
-	    (v = smtp_server_verifier(srv, err, sizeof err)) != NULL)
+	if ((v = smtp_server_verifier(srv, err, sizeof err)) != NULL)
 		sec->check = verifier_submit(v, srv->passwd, sec->creds.user, sec->creds.pass,
 					     srv->conf->auth_verify_queue, verifier_done, s, &full);
 	auth_reset(s);   /* the job has its own copy of the password */
 	if (sec->check != NULL) {
-		auth_limiter_fail(srv->auth_fails, &s->peer.sa, (int64_t)time(NULL),
-				  srv->conf->auth_failure_window);
-		s->mode = SMTP_MODE_AUTH_DELAY;
+		auth_asked(s);
 		return;
 	}
-	if (failures >= srv->conf->auth_max_failures) {
-		auth_too_many(s, failures);
-	} else {
-		if (full)
-			evlog_emit(srv->log, EV_AUTH_VERIFY_BUSY, EVF_S("client", s->addr),
-				   EVF_S("user", sec->login), EVF_I("pending", verifier_pending(v)));
-		else
-			evlog_emit(srv->log, EV_AUTH_VERIFY_FAILED, EVF_S("client", s->addr),
-				   EVF_S("user", sec->login),
-				   EVF_S("reason", v ? "out of memory" : err));
-		smtp_session_reply(s, 454, "4.7.0", "Temporary authentication failure");
-	}
+	if (full)
+		evlog_emit(srv->log, EV_AUTH_VERIFY_BUSY, EVF_S("client", s->addr),
+			   EVF_S("user", sec->login), EVF_I("pending", verifier_pending(v)));
+	else
+		evlog_emit(srv->log, EV_AUTH_VERIFY_FAILED, EVF_S("client", s->addr),
+			   EVF_S("user", sec->login), EVF_S("reason", v ? "out of memory" : err));
+	smtp_session_reply(s, 454, "4.7.0", "Temporary authentication failure");
 	sec->login[0] = '\0';
 }
 
