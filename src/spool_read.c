@@ -382,12 +382,6 @@ int spool_load(struct spool *sp, const char *qid,
 	return rc;
 }
 
-static uint32_t record_trailer(const uint8_t *t)
-{
-	return (uint32_t)t[0] | (uint32_t)t[1] << 8 | (uint32_t)t[2] << 16 |
-	       (uint32_t)t[3] << 24;
-}
-
 /* Copies and checks the inline body record of env: 0, -1 damaged, -2 a
  * transient failure (both with why). */
 static int body_inline(struct spool *sp, MDB_txn *txn, const struct spool_envelope *env,
@@ -408,7 +402,7 @@ static int body_inline(struct spool *sp, MDB_txn *txn, const struct spool_envelo
 	 * the envelope's body CRC makes: the same test without a second pass */
 	if (n != env->size ||
 	    spool_record_crc32_combine(spool_record_crc32(0, v.mv_data, 8), env->body_crc, n) !=
-	    record_trailer(p + n)) {
+	    spool_record_get_u32(p + n)) {
 		seterr(why, whylen, "inline body of %zu bytes does not match the envelope's size %llu and CRC",
 		       n, (unsigned long long)env->size);
 		return -1;

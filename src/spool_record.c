@@ -193,7 +193,7 @@ void spool_record_put_u32(uint8_t *p, uint32_t v)
 	p[3] = (uint8_t)(v >> 24);
 }
 
-static uint32_t get_u32(const uint8_t *p)
+uint32_t spool_record_get_u32(const uint8_t *p)
 {
 	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
 	       (uint32_t)p[3] << 24;
@@ -201,7 +201,7 @@ static uint32_t get_u32(const uint8_t *p)
 
 static uint64_t get_u64(const uint8_t *p)
 {
-	return (uint64_t)get_u32(p) | (uint64_t)get_u32(p + 4) << 32;
+	return (uint64_t)spool_record_get_u32(p) | (uint64_t)spool_record_get_u32(p + 4) << 32;
 }
 
 uint32_t spool_record_header(uint8_t hdr[8], enum spool_record_type type,
@@ -261,13 +261,13 @@ int spool_record_check(const void *buf, size_t len, enum spool_record_type want,
 		       b[2], SPOOL_RECORD_VERSION);
 		return -1;
 	}
-	plen = get_u32(b + 4);
+	plen = spool_record_get_u32(b + 4);
 	if ((size_t)plen != len - SPOOL_RECORD_OVERHEAD) {
 		seterr(err, errlen, "record length %u does not match stored size %zu (partial or extended record)",
 		       plen, len - SPOOL_RECORD_OVERHEAD);
 		return -1;
 	}
-	stored = get_u32(b + 8 + plen);
+	stored = spool_record_get_u32(b + 8 + plen);
 	crc = spool_record_crc32(0, b, 8 + (size_t)plen);
 	if (stored != crc) {
 		seterr(err, errlen, "record CRC mismatch: stored 0x%08x, computed 0x%08x",
@@ -368,7 +368,7 @@ int spool_record_decode_meta(const void *buf, size_t len, unsigned *version_r,
 		seterr(err, errlen, "meta record payload is %zu bytes, want 4", n);
 		return -1;
 	}
-	*version_r = get_u32(p);
+	*version_r = spool_record_get_u32(p);
 	return 0;
 }
 
@@ -434,7 +434,7 @@ static int tlv_next(const uint8_t *p, size_t len, size_t *off, struct tlv *t,
 		seterr(err, errlen, "field header truncated at offset %zu", *off);
 		return -1;
 	}
-	n = get_u32(p + *off + 1);
+	n = spool_record_get_u32(p + *off + 1);
 	if (n > len - *off - 5) {
 		seterr(err, errlen, "field %u at offset %zu claims %u bytes, only %zu left",
 		       p[*off], *off, n, len - *off - 5);

@@ -58,6 +58,8 @@ int spool_record_wrap(enum spool_record_type type, const void *payload,
 uint32_t spool_record_header(uint8_t hdr[8], enum spool_record_type type,
 			     uint32_t plen);
 void spool_record_put_u32(uint8_t *p, uint32_t v);
+/* Reads a little-endian u32 (record trailers, as put_u32 writes them). */
+uint32_t spool_record_get_u32(const uint8_t *p);
 
 /*
  * Checks a framed record of `want` type: magic, type, version, length and
