@@ -237,6 +237,73 @@ def connect_banner(port, host="127.0.0.1", timeout=5):
     return s, line.decode(errors="replace")
 
 
+def wait_until(pred, timeout=12, what="condition", log=None):
+    """pred()'s first true value within `timeout` seconds, else an
+    AssertionError naming `what` (and log()'s text when given)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}" + (f"\n{log()}" if log else ""))
+
+
+def hop_stats(d, key):
+    """The `carrier stats --json` entry of next hop `key`."""
+    r = d.carrier("stats", "-c", str(d.conf_path), "--json", timeout=10)
+    assert r.returncode == 0, r.stderr
+    for h in json.loads(r.stdout)["next_hops"]:
+        if h["key"] == key:
+            return h
+    raise AssertionError(f"no next hop {key} in {r.stdout}")
+
+
+def chown_to_daemon_user(path):
+    """A root daemon drops to `carrier` and must own what it writes: chown
+    `path` and everything below it (nothing when not root or no user)."""
+    if os.geteuid() != 0:
+        return
+    try:
+        import pwd
+        pw = pwd.getpwnam("carrier")
+    except KeyError:
+        return
+    for dirpath, _, files in os.walk(path):
+        os.chown(dirpath, pw.pw_uid, pw.pw_gid)
+        for f in files:
+            os.chown(os.path.join(dirpath, f), pw.pw_uid, pw.pw_gid)
+
+
+def _pkg_libs():
+    pkgs = ["libevent", "libevent_pthreads", "libevent_openssl", "lmdb", "inih", "openssl"]
+    libs = subprocess.run(["pkg-config", "--libs", *pkgs], capture_output=True,
+                          text=True, check=True).stdout.split()
+    if subprocess.run(["pkg-config", "--exists", "libunbound"]).returncode == 0:
+        libs += subprocess.run(["pkg-config", "--libs", "libunbound"], capture_output=True,
+                               text=True).stdout.split()
+    return libs
+
+
+def build_test_tool(tmp_path_factory, src, extra_libs=()):
+    """Builds the C test tool `src` (tests/e2e/*.c) against the build's
+    libcarrier.a, with the sanitizers when the build has them; skips the
+    test when the library is not built."""
+    lib = BUILD / "libcarrier.a"
+    if not lib.exists():
+        pytest.skip(f"{lib} not built (run make)")
+    src = pathlib.Path(src)
+    out = tmp_path_factory.mktemp(src.stem) / src.stem
+    asan = "asan" in str(BUILD)
+    cc = "clang" if asan else os.environ.get("CC", "cc")
+    flags = ["-fsanitize=address,undefined"] if asan else []
+    cmd = [cc, "-std=c17", "-D_GNU_SOURCE", f"-I{ROOT / 'src'}", "-O1", "-g", *flags,
+           "-o", str(out), str(src), str(lib), *_pkg_libs(), *extra_libs, "-lpthread", "-lm"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, f"building {src.name} failed:\n{' '.join(cmd)}\n{r.stderr}"
+    return out
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Removes this run's counter segments that a daemon left behind: one
     killed with SIGKILL never unlinks its /dev/shm/carrier-test-PID-PORT,

@@ -35,7 +35,7 @@ import time
 
 import pytest
 
-from conftest import make_tempdir
+from conftest import hop_stats, make_tempdir, wait_until as wait
 from sink import Sink
 from test_postfix_peer import POSTFIX, Postfix
 from test_tls_auth import make_cert, openssl
@@ -141,28 +141,9 @@ def send(d, rcpt, subject):
                    f"{subject}\r\n")
 
 
-def wait(pred, timeout=12, what="condition", log=None):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}" + (f"\n{log()}" if log else ""))
-
-
 def received(data):
     msg = email.message_from_bytes(data, policy=email.policy.compat32)
     return msg, [" ".join(h.split()) for h in msg.get_all("Received", [])]
-
-
-def hop_stats(d, key):
-    r = d.carrier("stats", "-c", str(d.conf_path), "--json", timeout=10)
-    assert r.returncode == 0, r.stderr
-    for h in json.loads(r.stdout)["next_hops"]:
-        if h["key"] == key:
-            return h
-    raise AssertionError(f"no next hop {key} in {r.stdout}")
 
 
 def assert_deferred_only(d, rcpt, n=2):

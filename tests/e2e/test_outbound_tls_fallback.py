@@ -17,11 +17,11 @@ opportunistic TLS, carrier must then:
 A 454 to STARTTLS under may goes on in plaintext on the same connection
 (RFC 3207 4), with no reconnection and no fallback event.
 """
-import json
 import time
 
 import pytest
 
+from conftest import hop_stats, wait_until as wait
 from sink import Sink
 
 SENDER = "alice@example.net"
@@ -39,25 +39,6 @@ def send(d, rcpt, subject):
                    f"From: <{SENDER}>\r\nTo: <{rcpt}>\r\nSubject: {subject}\r\n"
                    f"Message-ID: <{subject.replace(' ', '.')}@example.net>\r\n\r\n"
                    f"{subject}\r\n")
-
-
-def wait(pred, timeout=12, what="condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def hop_stats(d, key):
-    r = d.carrier("stats", "-c", str(d.conf_path), "--json", timeout=10)
-    assert r.returncode == 0, r.stderr
-    for h in json.loads(r.stdout)["next_hops"]:
-        if h["key"] == key:
-            return h
-    raise AssertionError(f"no next hop {key} in {r.stdout}")
 
 
 def subjects(sink):

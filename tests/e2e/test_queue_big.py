@@ -14,7 +14,6 @@ day away, one recipient each over 10 domains, the last 1,000 held.  Then:
 import json
 import os
 import pathlib
-import pwd
 import signal
 import socket
 import subprocess
@@ -23,11 +22,9 @@ import time
 
 import pytest
 
-from conftest import CARRIER
+from conftest import CARRIER, build_test_tool, chown_to_daemon_user
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BUILD = ROOT / os.environ.get("CARRIER_BUILD", "build")
-LIB = BUILD / "libcarrier.a"
 FILL_SRC = ROOT / "tests" / "e2e" / "spool_fill.c"
 
 BIG = 250_000          # over the old cap of 200,000
@@ -35,42 +32,9 @@ HELD = 1_000
 DOMAINS = 10
 
 
-def _pkg_libs():
-    pkgs = ["libevent", "libevent_pthreads", "libevent_openssl", "lmdb", "inih", "openssl"]
-    libs = subprocess.run(["pkg-config", "--libs", *pkgs], capture_output=True,
-                          text=True, check=True).stdout.split()
-    if subprocess.run(["pkg-config", "--exists", "libunbound"]).returncode == 0:
-        libs += subprocess.run(["pkg-config", "--libs", "libunbound"], capture_output=True,
-                               text=True).stdout.split()
-    return libs
-
-
 @pytest.fixture(scope="module")
 def spool_fill(tmp_path_factory):
-    if not LIB.exists():
-        pytest.skip(f"{LIB} not built (run make)")
-    out = tmp_path_factory.mktemp("fill") / "spool_fill"
-    cc = "clang" if "asan" in str(BUILD) else os.environ.get("CC", "cc")
-    flags = ["-fsanitize=address,undefined"] if "asan" in str(BUILD) else []
-    cmd = [cc, "-std=c17", "-D_GNU_SOURCE", f"-I{ROOT / 'src'}", "-O1", "-g", *flags,
-           "-o", str(out), str(FILL_SRC), str(LIB), *_pkg_libs(), "-lcrypt", "-lpthread", "-lm"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, f"building spool_fill failed:\n{' '.join(cmd)}\n{r.stderr}"
-    return out
-
-
-def _give_to_carrier(path):
-    """A root daemon drops to `carrier` and must own its spool."""
-    if os.geteuid() != 0:
-        return
-    try:
-        pw = pwd.getpwnam("carrier")
-    except KeyError:
-        return
-    for dirpath, _, files in os.walk(path):
-        os.chown(dirpath, pw.pw_uid, pw.pw_gid)
-        for f in files:
-            os.chown(os.path.join(dirpath, f), pw.pw_uid, pw.pw_gid)
+    return build_test_tool(tmp_path_factory, FILL_SRC, ["-lcrypt"])
 
 
 def filled_daemon(make_daemon, spool_fill, n, held=0):
@@ -79,7 +43,7 @@ def filled_daemon(make_daemon, spool_fill, n, held=0):
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"spool_fill: {r.stderr}"
     assert int(r.stdout) == n
-    _give_to_carrier(d.spool)
+    chown_to_daemon_user(d.spool)
     d.start(timeout=180)
     return d
 

@@ -15,36 +15,16 @@ import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from sink import Sink  # noqa: E402
+from conftest import build_test_tool  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BUILD = ROOT / os.environ.get("CARRIER_BUILD", "build")
-LIB = BUILD / "libcarrier.a"
 DRIVER_SRC = ROOT / "tests" / "e2e" / "smtp_client_driver.c"
 SINK = ROOT / "tests" / "e2e" / "sink.py"
 
 
-def _pkg_libs():
-    pkgs = ["libevent", "libevent_pthreads", "libevent_openssl", "lmdb", "inih", "openssl"]
-    libs = subprocess.run(["pkg-config", "--libs", *pkgs], capture_output=True,
-                          text=True, check=True).stdout.split()
-    if subprocess.run(["pkg-config", "--exists", "libunbound"]).returncode == 0:
-        libs += subprocess.run(["pkg-config", "--libs", "libunbound"], capture_output=True,
-                               text=True).stdout.split()
-    return libs
-
-
 @pytest.fixture(scope="module")
 def driver(tmp_path_factory):
-    if not LIB.exists():
-        pytest.skip(f"{LIB} not built (run make)")
-    out = tmp_path_factory.mktemp("driver") / "smtp_client_driver"
-    cc = "clang" if "asan" in str(BUILD) else os.environ.get("CC", "cc")
-    flags = ["-fsanitize=address,undefined"] if "asan" in str(BUILD) else []
-    cmd = [cc, "-std=c17", "-D_GNU_SOURCE", f"-I{ROOT / 'src'}", "-O1", "-g", *flags,
-           "-o", str(out), str(DRIVER_SRC), str(LIB), *_pkg_libs(), "-lpthread", "-lm"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    assert r.returncode == 0, f"building the driver failed:\n{' '.join(cmd)}\n{r.stderr}"
-    return out
+    return build_test_tool(tmp_path_factory, DRIVER_SRC)
 
 
 def closed_port():
